@@ -1,0 +1,50 @@
+"""The one place where errors become HTTP responses, in OpenAI's error envelope."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shipway.errors import MethodNotAllowed, NotFound, ShipwayError
+
+__all__ = ["error_response", "exception_handlers"]
+
+
+def error_response(error: ShipwayError) -> Response:
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return Response(
+        orjson.dumps(error.to_dict()),
+        status_code=error.status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def _shipway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ShipwayError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"no route {request.method} {request.url.path}; see /docs"))
+    if exc.status_code == 405:
+        return error_response(
+            MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        )
+    error = ShipwayError(str(exc.detail))
+    error.status = exc.status_code
+    return error_response(error)
+
+
+exception_handlers = {
+    ShipwayError: _shipway_error,
+    HTTPException: _http_error,
+}

@@ -1,0 +1,43 @@
+"""Liveness, readiness and the Prometheus scrape endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from shipway.engine.engine import Engine
+from shipway.telemetry.metrics import Metrics
+
+__all__ = ["HealthRoutes"]
+
+
+class HealthRoutes:
+    def __init__(self, engine: Engine, metrics: Metrics, draining: Callable[[], bool]) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.draining = draining
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.prometheus, methods=["GET"]),
+        ]
+
+    async def healthz(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def readyz(self, request: Request) -> Response:
+        draining = self.draining()
+        ready = self.engine.ready and not draining
+        body = {"ready": ready, "draining": draining, "models": self.engine.status()}
+        return Response(
+            orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
+        )
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,243 @@
+"""OpenAI-compatible routes: chat completions (plain and SSE), embeddings, models.
+
+HTTP only: parse the request into typed objects and a ``Call``, run it through the
+pipeline, render OpenAI's wire format. A streamed response is held back until its first
+chunk with content (or its end) so that errors found before generation — queue full,
+deadline, context length — still get their proper status code instead of a broken stream.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from shipway.api.http_input import (
+    ClientGone,
+    read_json,
+    requested_priority,
+    requested_timeout,
+    unless_disconnected,
+)
+from shipway.api.schemas import ChatCompletionBody, EmbeddingBody, parse_body
+from shipway.backends.base import ChatRequest, EmbedRequest
+from shipway.errors import InvalidRequest, ShipwayError
+from shipway.pipeline import Call, Pipeline
+
+__all__ = ["OpenAIRoutes"]
+
+_MAX_EMBED_INPUTS = 2048
+_CLIENT_CLOSED = 499
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+class OpenAIRoutes:
+    def __init__(self, pipeline: Pipeline, owned_by: dict[str, str]) -> None:
+        self.pipeline = pipeline
+        self.owned_by = owned_by
+        self.created = int(time.time())
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            Route("/v1/models", self.list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
+        ]
+
+    # -- chat ---------------------------------------------------------------------------------
+    async def chat_completions(self, request: Request) -> Response:
+        raw = await read_json(request)
+        body = parse_body(ChatCompletionBody, raw)
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        chat = ChatRequest(
+            messages=[m.model_dump(exclude_none=True) for m in body.messages],
+            max_tokens=body.max_completion_tokens
+            if body.max_completion_tokens is not None
+            else body.max_tokens,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            stop=stop,
+            seed=body.seed,
+            logprobs=bool(body.logprobs),
+            top_logprobs=body.top_logprobs or 0,
+            frequency_penalty=body.frequency_penalty or 0.0,
+            presence_penalty=body.presence_penalty or 0.0,
+            body=raw,
+        )
+        call = self._call(request, "chat.completions", body.model, body.timeout)
+        stamp = {
+            "id": f"chatcmpl-{call.request_id}",
+            "created": int(time.time()),
+            "model": body.model,
+            "system_fingerprint": None,
+        }
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await self._stream(call, chat, stamp, include_usage)
+        try:
+            result = await unless_disconnected(request, self.pipeline.chat(call, chat))
+        except ClientGone:
+            return Response(status_code=_CLIENT_CLOSED)
+        result.update(stamp)
+        result["object"] = "chat.completion"
+        return _json(result)
+
+    async def _stream(
+        self, call: Call, chat: ChatRequest, stamp: dict[str, Any], include_usage: bool
+    ) -> Response:
+        chunks = self.pipeline.stream(call, chat)
+        held: list[dict[str, Any]] = []
+        try:
+            async for chunk in chunks:
+                held.append(chunk)
+                if _has_substance(chunk):
+                    break
+        except BaseException:
+            await chunks.aclose()
+            raise
+        return StreamingResponse(
+            _sse(held, chunks, stamp, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    # -- embeddings -----------------------------------------------------------------------------
+    async def embeddings(self, request: Request) -> Response:
+        raw = await read_json(request)
+        body = parse_body(EmbeddingBody, raw)
+        inputs = _embedding_inputs(body.input)
+        call = self._call(request, "embeddings", body.model, body.timeout)
+        embed = EmbedRequest(inputs=inputs, dimensions=body.dimensions, body=raw)
+        try:
+            result = await unless_disconnected(request, self.pipeline.embed(call, embed))
+        except ClientGone:
+            return Response(status_code=_CLIENT_CLOSED)
+        vectors = result.vectors
+        if body.encoding_format == "base64":
+            rows: list[Any] = [
+                base64.b64encode(vectors[i].astype("<f4").tobytes()).decode("ascii")
+                for i in range(len(vectors))
+            ]
+        else:
+            rows = list(vectors)
+        return _json(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": row}
+                    for i, row in enumerate(rows)
+                ],
+                "model": body.model,
+                "usage": {
+                    "prompt_tokens": result.prompt_tokens,
+                    "total_tokens": result.prompt_tokens,
+                },
+            }
+        )
+
+    # -- models ---------------------------------------------------------------------------------
+    def _model_card(self, alias: str) -> dict[str, Any]:
+        return {
+            "id": alias,
+            "object": "model",
+            "created": self.created,
+            "owned_by": self.owned_by[alias],
+        }
+
+    async def list_models(self, request: Request) -> Response:
+        return _json({"object": "list", "data": [self._model_card(a) for a in self.owned_by]})
+
+    async def get_model(self, request: Request) -> Response:
+        alias = request.path_params["model"]
+        self.pipeline.engine.runner(alias)  # raises ModelNotFound (404) with the list of models
+        return _json(self._model_card(alias))
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _call(
+        self, request: Request, endpoint: str, model: str, body_timeout: float | None
+    ) -> Call:
+        call = Call(
+            request_id=request.scope["state"]["request_id"],
+            endpoint=endpoint,
+            model=model,
+            priority=requested_priority(request),
+            requested_timeout_s=requested_timeout(request, body_timeout),
+        )
+        request.scope["state"]["call"] = call
+        return call
+
+
+def _has_substance(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls"):
+            return True
+    return bool(chunk.get("usage"))
+
+
+async def _sse(
+    held: list[dict[str, Any]],
+    chunks: AsyncIterator[dict[str, Any]],
+    stamp: dict[str, Any],
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    async def all_chunks() -> AsyncIterator[dict[str, Any]]:
+        for chunk in held:
+            yield chunk
+        async for chunk in chunks:
+            yield chunk
+
+    try:
+        async for chunk in all_chunks():
+            is_usage_chunk = not chunk.get("choices") and chunk.get("usage") is not None
+            if is_usage_chunk and not include_usage:
+                continue
+            chunk.update(stamp)
+            chunk["object"] = "chat.completion.chunk"
+            if include_usage:
+                chunk.setdefault("usage", None)
+            else:
+                chunk.pop("usage", None)
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    except ShipwayError as error:
+        # Headers are gone already; OpenAI clients raise on an `error` event.
+        yield b"data: " + orjson.dumps(error.to_dict()) + b"\n\n"
+        return
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    yield b"data: [DONE]\n\n"
+
+
+def _embedding_inputs(value: str | list[str] | list[int] | list[list[int]]) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not value:
+        raise InvalidRequest("'input' must not be empty", param="input")
+    if len(value) > _MAX_EMBED_INPUTS:
+        raise InvalidRequest(
+            f"'input' has {len(value)} items; at most {_MAX_EMBED_INPUTS} per request",
+            param="input",
+        )
+    if not all(isinstance(item, str) for item in value):
+        raise InvalidRequest(
+            "token-array input is not supported; send the text as strings", param="input"
+        )
+    texts: list[str] = value  # type: ignore[assignment]
+    for i, text in enumerate(texts):
+        if not text:
+            raise InvalidRequest(f"'input[{i}]' is an empty string", param=f"input[{i}]")
+    return texts

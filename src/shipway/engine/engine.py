@@ -1,0 +1,173 @@
+"""The engine: one runner per model alias, each a bounded priority queue over its slots.
+
+Local models (llama.cpp, sentence-transformers) get ``workers`` supervised worker processes,
+each one slot. Upstream models get ``max_concurrency`` slots over one pooled HTTP backend.
+The pipeline asks the engine for a runner by alias and leases a slot from its queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from shipway.backends.base import Backend
+from shipway.backends.openai_http import OpenAIHTTPBackend
+from shipway.config import (
+    LlamaCppModel,
+    ModelSettings,
+    OpenAIUpstreamModel,
+    SentenceTransformersModel,
+    ShipwaySettings,
+)
+from shipway.engine.admission import AdmissionQueue
+from shipway.engine.worker_process import WorkerProcess
+from shipway.errors import ConfigError, ModelNotFound
+from shipway.telemetry.metrics import Metrics
+
+__all__ = ["Engine", "ModelRunner"]
+
+
+class _UpstreamSlot:
+    """One of an upstream's ``max_concurrency`` places; always ready when not leased."""
+
+    def __init__(self, backend: OpenAIHTTPBackend) -> None:
+        self._backend = backend
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        alias: str,
+        settings: ModelSettings,
+        app_settings: ShipwaySettings,
+        metrics: Metrics,
+        secrets: Mapping[str, str],
+    ) -> None:
+        self.alias = alias
+        self.settings = settings
+        self.queue_settings = settings.queue.resolve(app_settings.queue)
+        self.queue = AdmissionQueue(
+            alias, max_waiting=self.queue_settings.max_waiting, metrics=metrics
+        )
+        self.workers: list[WorkerProcess] = []
+        self.upstream: OpenAIHTTPBackend | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        if isinstance(settings, OpenAIUpstreamModel):
+            self.capabilities = frozenset({"chat", "embeddings"})
+            key = None
+            if settings.api_key_env:
+                key = secrets.get(settings.api_key_env)
+                if not key:
+                    raise ConfigError(
+                        f"models.{alias}.api_key_env: the environment variable "
+                        f"{settings.api_key_env} is not set; export it before `shipway serve`"
+                    )
+            self.upstream = OpenAIHTTPBackend(alias, settings, key)
+            self.queue.set_capacity(settings.max_concurrency)
+            return
+        spec: dict[str, Any]
+        if isinstance(settings, LlamaCppModel):
+            self.capabilities = frozenset({"chat"})
+            spec = {"kind": "llamacpp", "n_ctx": settings.n_ctx, "n_batch": settings.n_batch}
+        else:
+            assert isinstance(settings, SentenceTransformersModel)
+            self.capabilities = frozenset({"embeddings"})
+            spec = {"kind": "sentence_transformers", "batch_size": settings.batch_size}
+        spec.update(path=str(settings.path) if settings.path else None, threads=settings.threads)
+        self.workers = [
+            WorkerProcess(
+                model=alias,
+                index=i,
+                spec=spec,
+                settings=app_settings.workers,
+                on_idle=self.queue.offer,
+                on_gone=self.queue.withdraw,
+                metrics=metrics,
+            )
+            for i in range(settings.workers)
+        ]
+        self.queue.set_capacity(settings.workers)
+
+    @property
+    def ready(self) -> bool:
+        return self.upstream is not None or any(w.state in ("idle", "busy") for w in self.workers)
+
+    async def start(self) -> None:
+        if self.upstream is not None:
+            await self.upstream.start()
+            for _ in range(self.upstream.settings.max_concurrency):
+                self.queue.offer(_UpstreamSlot(self.upstream))
+            return
+        self._tasks = [
+            asyncio.create_task(worker.run(), name=f"worker:{self.alias}:{worker.index}")
+            for worker in self.workers
+        ]
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(worker.stop() for worker in self.workers))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.upstream is not None:
+            await self.upstream.close()
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ready": self.ready,
+            "backend": self.settings.backend,
+            "capabilities": sorted(self.capabilities),
+            "queue": {"waiting": self.queue.waiting, "max_waiting": self.queue.max_waiting},
+        }
+        if self.workers:
+            out["workers"] = [worker.status() for worker in self.workers]
+        else:
+            assert isinstance(self.settings, OpenAIUpstreamModel)
+            out["upstream"] = self.settings.base_url
+        return out
+
+
+class Engine:
+    def __init__(
+        self, settings: ShipwaySettings, metrics: Metrics, secrets: Mapping[str, str]
+    ) -> None:
+        self.runners = {
+            alias: ModelRunner(alias, model, settings, metrics, secrets)
+            for alias, model in settings.models.items()
+        }
+        self._log = structlog.get_logger("shipway.engine")
+
+    def runner(self, alias: str) -> ModelRunner:
+        try:
+            return self.runners[alias]
+        except KeyError:
+            raise ModelNotFound(
+                f"The model {alias!r} does not exist. Models served here: "
+                f"{', '.join(sorted(self.runners)) or '(none)'}; see GET /v1/models",
+                param="model",
+            ) from None
+
+    async def start(self) -> None:
+        for runner in self.runners.values():
+            await runner.start()
+        self._log.info("engine started", models=sorted(self.runners))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(runner.stop() for runner in self.runners.values()))
+
+    @property
+    def ready(self) -> bool:
+        return all(runner.ready for runner in self.runners.values())
+
+    def status(self) -> dict[str, Any]:
+        return {alias: runner.status() for alias, runner in self.runners.items()}

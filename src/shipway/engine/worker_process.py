@@ -1,0 +1,334 @@
+"""One supervised model worker process, seen from the gateway.
+
+``WorkerProcess.run`` is the supervisor loop: start the process, wait for ``ready``, read its
+replies until it exits, fail the request it was serving with ``WorkerCrashed`` (503), wait a
+backoff that doubles up to 30 s, start it again. The object is also the *slot* the admission
+queue hands out and the ``Backend`` the pipeline calls: ``chat``/``stream``/``embed`` send
+one request and relay the replies. If the caller goes away (deadline, disconnect) the worker
+is told to cancel; a worker that does not finish within ``cancel_grace_s`` is killed, which
+is also how a hung model is noticed. The worker offers itself back to the queue only once it
+has sent the terminal reply of its request, so one model context never serves two requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import structlog
+
+from shipway.backends.base import Backend, ChatRequest, EmbedRequest, EmbedResult
+from shipway.backends.local_chat import chat_chunk, validate_local_chat
+from shipway.config import WorkerSettings
+from shipway.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelUnavailable,
+    ShipwayError,
+    WorkerCrashed,
+)
+from shipway.telemetry.metrics import Metrics
+
+__all__ = ["WorkerProcess"]
+
+State = Literal["starting", "idle", "busy", "dead", "stopped"]
+_MAX_BACKOFF_S = 30.0
+_READ_LIMIT = 256 * 1024 * 1024
+_CRASHED = object()
+_ERRORS: dict[str, type[ShipwayError]] = {
+    "invalid_request": InvalidRequest,
+    "context_length_exceeded": ContextLengthExceeded,
+}
+
+
+class WorkerProcess:
+    def __init__(
+        self,
+        *,
+        model: str,
+        index: int,
+        spec: dict[str, Any],
+        settings: WorkerSettings,
+        on_idle: Callable[[WorkerProcess], None],
+        on_gone: Callable[[WorkerProcess], None],
+        metrics: Metrics,
+    ) -> None:
+        self.model = model
+        self.index = index
+        self._spec = spec
+        self._settings = settings
+        self._on_idle = on_idle
+        self._on_gone = on_gone
+        self._metrics = metrics
+        self._log = structlog.get_logger("shipway.worker").bind(model=model, worker=index)
+        self.state: State = "starting"
+        self.pid: int | None = None
+        self.info: dict[str, Any] = {}
+        self.restarts = 0
+        self.last_error: str | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._ids = itertools.count(1)
+        self._current: tuple[int, asyncio.Queue[Any]] | None = None
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self._stopping = False
+
+    # -- slot ---------------------------------------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        return self
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "idle"
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "state": self.state,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            **({"model_file": self.info} if self.info else {}),
+        }
+
+    # -- supervision ----------------------------------------------------------------------
+    async def run(self) -> None:
+        backoff = self._settings.restart_backoff_s
+        while not self._stopping:
+            started = time.monotonic()
+            await self._run_once()
+            if self._stopping:
+                break
+            self.restarts += 1
+            self._metrics.worker_restarts.labels(self.model).inc()
+            if time.monotonic() - started > 60:
+                backoff = self._settings.restart_backoff_s
+            self._log.warning("worker restarting", after_s=backoff, error=self.last_error)
+            await asyncio.sleep(backoff)
+            backoff = min(max(backoff * 2, 0.1), _MAX_BACKOFF_S)
+        self.state = "stopped"
+
+    async def _run_once(self) -> None:
+        self.state = "starting"
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": str(self._spec["threads"]),
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "shipway.engine.worker_main",
+            orjson.dumps(self._spec).decode(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            limit=_READ_LIMIT,
+        )
+        self._process = process
+        self.pid = process.pid
+        assert process.stdout is not None
+        try:
+            try:
+                async with asyncio.timeout(self._settings.start_timeout_s):
+                    hello = orjson.loads(await process.stdout.readline() or b'{"type":"eof"}')
+            except TimeoutError:
+                hello = {"type": "failed", "message": "did not load its model in time"}
+            if hello.get("type") != "ready":
+                self.last_error = hello.get("message", "exited while loading its model")
+                self._log.error("worker failed to start", error=self.last_error)
+                return
+            self.info = hello.get("info", {})
+            self._log.info("worker ready", pid=process.pid, **self.info)
+            self.state = "idle"
+            self._metrics.workers_up.labels(self.model).inc()
+            self._on_idle(self)
+            try:
+                await self._read_replies(process.stdout)
+            finally:
+                self._metrics.workers_up.labels(self.model).dec()
+        finally:
+            await self._reap(process)
+
+    async def _read_replies(self, stdout: asyncio.StreamReader) -> None:
+        while line := await stdout.readline():
+            message = orjson.loads(line)
+            current = self._current
+            if current is None or message.get("id") != current[0]:
+                continue  # a reply to a request already given up on and replaced: impossible
+            current[1].put_nowait(message)
+            if message["type"] in ("done", "error"):
+                self._finish_request()
+
+    def _finish_request(self) -> None:
+        self._current = None
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+            self._kill_timer = None
+        if self.state == "busy":
+            self.state = "idle"
+            self._on_idle(self)
+
+    async def _reap(self, process: asyncio.subprocess.Process) -> None:
+        was_stopping = self._stopping
+        self.state = "stopped" if was_stopping else "dead"
+        self._on_gone(self)
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        code = await process.wait()
+        if not was_stopping:
+            self.last_error = self.last_error or f"worker exited with code {code}"
+            if self._current is not None:
+                self.last_error = f"worker died mid-request (exit code {code})"
+                self._log.error("worker died mid-request", exit_code=code)
+        if self._current is not None:
+            self._current[1].put_nowait(_CRASHED)
+            self._current = None
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+            self._kill_timer = None
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopping = True
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()  # the worker exits when its stdin closes
+        try:
+            async with asyncio.timeout(timeout_s):
+                await process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
+    # -- requests -------------------------------------------------------------------------
+    async def _exchange(self, op: str, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        process = self._process
+        if self.state != "idle" or process is None or process.stdin is None:
+            raise ModelUnavailable(f"the worker for model {self.model!r} is not available")
+        request_id = next(self._ids)
+        replies: asyncio.Queue[Any] = asyncio.Queue()
+        self._current = (request_id, replies)
+        self.state = "busy"
+        process.stdin.write(orjson.dumps({"id": request_id, "op": op, "request": request}) + b"\n")
+        finished = False
+        try:
+            while True:
+                message = await replies.get()
+                if message is _CRASHED:
+                    finished = True
+                    raise WorkerCrashed(
+                        f"the worker serving model {self.model!r} crashed during this request "
+                        "and is being restarted; retry the request",
+                        retry_after=1,
+                    )
+                kind = message["type"]
+                if kind == "error":
+                    finished = True
+                    error_class = _ERRORS.get(message["kind"], ShipwayError)
+                    raise error_class(message["message"], param=message.get("param"))
+                if kind == "done":
+                    finished = True
+                yield message
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._cancel(request_id)
+
+    def _cancel(self, request_id: int) -> None:
+        process = self._process
+        if self._current is None or self._current[0] != request_id or process is None:
+            return
+        if process.stdin is not None and not process.stdin.is_closing():
+            process.stdin.write(orjson.dumps({"id": request_id, "op": "cancel"}) + b"\n")
+        loop = asyncio.get_running_loop()
+        self._kill_timer = loop.call_later(
+            self._settings.cancel_grace_s, self._kill_hung, request_id
+        )
+
+    def _kill_hung(self, request_id: int) -> None:
+        if self._current is not None and self._current[0] == request_id and self._process:
+            self.last_error = f"did not stop within {self._settings.cancel_grace_s}s of a cancel"
+            self._log.error("worker hung; killing it", pid=self.pid)
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        wire = {**request.to_wire(), "messages": validate_local_chat(request)}
+        yield chat_chunk({"role": "assistant", "content": ""})
+        usage: dict[str, int] | None = None
+        async with contextlib.aclosing(self._exchange("chat", wire)) as replies:
+            async for message in replies:
+                if message["type"] == "delta":
+                    logprobs = message.get("logprobs")
+                    yield chat_chunk(
+                        {"content": message["text"]},
+                        logprobs={"content": logprobs, "refusal": None} if logprobs else None,
+                    )
+                else:
+                    usage = _usage(message["prompt_tokens"], message["completion_tokens"])
+                    yield chat_chunk({}, finish_reason=message["finish_reason"])
+        if usage is not None:
+            yield {"object": "chat.completion.chunk", "choices": [], "usage": usage}
+
+    async def chat(self, request: ChatRequest) -> dict[str, Any]:
+        wire = {**request.to_wire(), "messages": validate_local_chat(request)}
+        parts: list[str] = []
+        logprobs: list[dict[str, Any]] = []
+        done: dict[str, Any] = {}
+        async with contextlib.aclosing(self._exchange("chat", wire)) as replies:
+            async for message in replies:
+                if message["type"] == "delta":
+                    parts.append(message["text"])
+                    logprobs.extend(message.get("logprobs") or ())
+                else:
+                    done = message
+        return {
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": "".join(parts),
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": {"content": logprobs, "refusal": None}
+                    if request.logprobs
+                    else None,
+                    "finish_reason": done["finish_reason"],
+                }
+            ],
+            "usage": _usage(done["prompt_tokens"], done["completion_tokens"]),
+        }
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        wire = {"inputs": request.inputs, "dimensions": request.dimensions}
+        async with contextlib.aclosing(self._exchange("embed", wire)) as replies:
+            async for message in replies:
+                vectors = np.frombuffer(base64.b64decode(message["vectors"]), dtype=np.float32)
+                return EmbedResult(vectors.reshape(message["shape"]), message["prompt_tokens"])
+        raise ModelUnavailable(f"the worker for model {self.model!r} returned nothing")
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }

@@ -1,0 +1,168 @@
+"""One error hierarchy for everything a caller can be told.
+
+Every error that can reach a client is a ``ShipwayError``. Each subclass carries the HTTP
+status and the OpenAI error ``type``/``code`` it maps to; ``api/errors.py`` renders them as
+the OpenAI error envelope in exactly one handler. Library errors (aiohttp, llama.cpp,
+pydantic) are translated into these at the boundary where they happen, with ``raise … from``.
+
+    ShipwayError                      500 server_error
+    ├── InvalidRequest                400 invalid_request_error
+    │   ├── ContextLengthExceeded     400 code=context_length_exceeded
+    │   └── UnsupportedParameter      400 code=unsupported_parameter
+    ├── AuthenticationFailed          401 authentication_error
+    ├── NotFound                      404 not_found_error
+    │   └── ModelNotFound             404 code=model_not_found
+    ├── MethodNotAllowed              405
+    ├── PayloadTooLarge               413
+    ├── UnsupportedMediaType          415
+    ├── QueueFull                     429 code=queue_full   (+ Retry-After)
+    ├── UpstreamError                 502 upstream_error
+    ├── ModelUnavailable              503 service_unavailable (+ Retry-After)
+    │   └── WorkerCrashed             503 code=worker_crashed
+    └── DeadlineExceeded              504 code=timeout
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "ConfigError",
+    "ContextLengthExceeded",
+    "DeadlineExceeded",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "ModelNotFound",
+    "ModelUnavailable",
+    "NotFound",
+    "PayloadTooLarge",
+    "QueueFull",
+    "ShipwayError",
+    "UnsupportedMediaType",
+    "UnsupportedParameter",
+    "UpstreamError",
+    "WorkerCrashed",
+]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names each bad key and how to fix it."""
+
+
+class ShipwayError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(ShipwayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class UnsupportedParameter(InvalidRequest):
+    code = "unsupported_parameter"
+
+
+class AuthenticationFailed(ShipwayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFound(ShipwayError):
+    status = 404
+    type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class MethodNotAllowed(ShipwayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ShipwayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ShipwayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class QueueFull(ShipwayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "queue_full"
+
+
+class UpstreamError(ShipwayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 502,
+        code: str | None = None,
+        retry_after: float | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, retry_after=retry_after)
+        self.status = status
+        if error_type is not None:
+            self.type = error_type
+
+
+class ModelUnavailable(ShipwayError):
+    status = 503
+    type = "service_unavailable"
+    code = "model_unavailable"
+
+
+class WorkerCrashed(ModelUnavailable):
+    code = "worker_crashed"
+
+
+class DeadlineExceeded(ShipwayError):
+    status = 504
+    type = "timeout"
+    code = "timeout"

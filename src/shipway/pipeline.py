@@ -1,0 +1,197 @@
+"""The request path, as one ordered list of stages.
+
+    route → admit (queue, priority, deadline) → dispatch (backend) → account (metrics)
+
+Every request is one ``Call`` that flows through the stages. Later stages (authenticate,
+rate-limit, guard, budget, cache …) slot in here, each a small function over the ``Call``;
+their logic lives in their own packages and the pipeline only composes them.
+
+Deadlines: the whole call — waiting in the queue and running — must finish before
+``call.deadline`` (event-loop time). Running out cancels the backend call, which tells a
+worker to stop generating, and raises ``DeadlineExceeded`` (504). A client that disconnects
+cancels the task that runs the pipeline, with the same effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from shipway.backends.base import ChatRequest, EmbedRequest, EmbedResult
+from shipway.engine.admission import Priority
+from shipway.engine.engine import Engine, ModelRunner
+from shipway.errors import DeadlineExceeded, InvalidRequest, ShipwayError
+from shipway.telemetry.metrics import Metrics
+
+__all__ = ["Call", "Pipeline"]
+
+
+@dataclass(slots=True)
+class Call:
+    """One request's journey: who asked for what, when each stage happened, what it cost."""
+
+    request_id: str
+    endpoint: str
+    model: str
+    priority: Priority
+    requested_timeout_s: float | None = None
+    timeout_s: float = 0.0
+    deadline: float = 0.0
+    received_at: float = field(default_factory=time.perf_counter)
+    admitted_at: float | None = None
+    first_chunk_at: float | None = None
+    finished_at: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    status: int = 200
+    error_code: str | None = None
+
+    def timings_ms(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.admitted_at is not None:
+            out["queue_ms"] = round((self.admitted_at - self.received_at) * 1000, 2)
+        if self.first_chunk_at is not None:
+            out["first_chunk_ms"] = round((self.first_chunk_at - self.received_at) * 1000, 2)
+        if self.finished_at is not None:
+            out["total_ms"] = round((self.finished_at - self.received_at) * 1000, 2)
+        return out
+
+
+class Pipeline:
+    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+
+    # -- stages ---------------------------------------------------------------------------
+    def _route(self, call: Call, capability: str) -> ModelRunner:
+        runner = self.engine.runner(call.model)
+        if capability not in runner.capabilities:
+            raise InvalidRequest(
+                f"model {call.model!r} does not support {capability}; it supports "
+                f"{', '.join(sorted(runner.capabilities))}",
+                param="model",
+                code="model_not_supported",
+            )
+        limits = runner.queue_settings
+        requested = call.requested_timeout_s
+        if requested is not None and requested > limits.max_timeout_s:
+            raise InvalidRequest(
+                f"timeout {requested:g}s is above the limit of {limits.max_timeout_s:g}s for "
+                f"model {call.model!r} (queue.max_timeout_s)",
+                param="timeout",
+            )
+        call.timeout_s = requested or limits.timeout_s
+        call.deadline = asyncio.get_running_loop().time() + call.timeout_s
+        return runner
+
+    def _account(self, call: Call, error: BaseException | None) -> None:
+        call.finished_at = time.perf_counter()
+        if isinstance(error, ShipwayError):
+            call.status, call.error_code = error.status, error.code
+        elif isinstance(error, asyncio.CancelledError):
+            call.status, call.error_code = 499, "client_closed_request"
+        elif error is not None:
+            call.status, call.error_code = 500, "internal_error"
+        m = self.metrics
+        m.requests.labels(call.model, call.endpoint, str(call.status)).inc()
+        m.latency.labels(call.model, call.endpoint).observe(call.finished_at - call.received_at)
+        if call.prompt_tokens:
+            m.tokens.labels(call.model, "prompt").inc(call.prompt_tokens)
+        if call.completion_tokens:
+            m.tokens.labels(call.model, "completion").inc(call.completion_tokens)
+
+    def _usage(self, call: Call, usage: dict[str, Any] | None) -> None:
+        if usage:
+            call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            call.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+    # -- entry points -----------------------------------------------------------------------
+    async def chat(self, call: Call, request: ChatRequest) -> dict[str, Any]:
+        error: BaseException | None = None
+        try:
+            runner = self._route(call, "chat")
+            async with _deadline(call), runner.queue.lease(call.priority) as slot:
+                call.admitted_at = time.perf_counter()
+                result = await slot.backend.chat(request)
+            self._usage(call, result.get("usage"))
+            return result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._account(call, error)
+
+    async def embed(self, call: Call, request: EmbedRequest) -> EmbedResult:
+        error: BaseException | None = None
+        try:
+            runner = self._route(call, "embeddings")
+            async with _deadline(call), runner.queue.lease(call.priority) as slot:
+                call.admitted_at = time.perf_counter()
+                result = await slot.backend.embed(request)
+            call.prompt_tokens = result.prompt_tokens
+            return result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._account(call, error)
+
+    async def stream(self, call: Call, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        """Yield chunks. Errors before the first chunk propagate before any byte is sent."""
+        error: BaseException | None = None
+        try:
+            runner = self._route(call, "chat")
+            async with _deadline(call):
+                lease = runner.queue.lease(call.priority)
+                slot = await lease.__aenter__()
+            try:
+                call.admitted_at = time.perf_counter()
+                chunks = slot.backend.stream(request)
+                try:
+                    while True:
+                        async with _deadline(call):
+                            try:
+                                chunk = await anext(chunks)
+                            except StopAsyncIteration:
+                                break
+                        if call.first_chunk_at is None:
+                            call.first_chunk_at = time.perf_counter()
+                            self.metrics.time_to_first_token.labels(call.model).observe(
+                                call.first_chunk_at - call.received_at
+                            )
+                        self._usage(call, chunk.get("usage"))
+                        yield chunk
+                finally:
+                    await chunks.aclose()  # type: ignore[attr-defined]
+            finally:
+                await lease.__aexit__(None, None, None)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._account(call, error)
+
+
+class _deadline:
+    """``asyncio.timeout_at(call.deadline)`` that raises ``DeadlineExceeded`` (504)."""
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+        self._timeout = asyncio.timeout_at(call.deadline)
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            await self._timeout.__aexit__(exc_type, exc, tb)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the request did not finish within its deadline of {self._call.timeout_s:g}s "
+                "(queue wait + generation); raise it with the `timeout` body field or the "
+                "x-shipway-timeout header, or lower max_tokens",
+                param="timeout",
+            ) from None

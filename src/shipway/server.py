@@ -1,0 +1,66 @@
+"""Wiring: build every service from the settings, compose the app, start and stop in order.
+
+Nothing lives at module level: ``build_app`` creates the metrics registry, the engine (model
+runners, worker supervisors, upstream sessions) and the pipeline, hands them to the routes,
+and the lifespan starts them after the server binds and stops them after it drains.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from shipway.api.errors import exception_handlers
+from shipway.api.health import HealthRoutes
+from shipway.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from shipway.api.openai_routes import OpenAIRoutes
+from shipway.config import ShipwaySettings
+from shipway.engine.engine import Engine
+from shipway.pipeline import Pipeline
+from shipway.telemetry.metrics import Metrics
+
+__all__ = ["build_app"]
+
+
+def build_app(settings: ShipwaySettings) -> Starlette:
+    log = structlog.get_logger("shipway.server")
+    metrics = Metrics()
+    engine = Engine(settings, metrics, secrets=os.environ)
+    pipeline = Pipeline(engine, metrics)
+    draining = False
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nonlocal draining
+        await engine.start()
+        log.info("serving", host=settings.server.host, port=settings.server.port)
+        try:
+            yield
+        finally:
+            draining = True
+            log.info("shutting down: stopping workers")
+            await engine.stop()
+
+    owned_by = {alias: model.owned_by for alias, model in settings.models.items()}
+    routes = [
+        *OpenAIRoutes(pipeline, owned_by).routes(),
+        *HealthRoutes(engine, metrics, draining=lambda: draining).routes(),
+    ]
+    middleware = [
+        Middleware(RequestContextMiddleware, access_log=settings.server.access_log),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.pipeline = pipeline
+    return app

@@ -1,0 +1,75 @@
+"""Prometheus metrics, held in one registry built at start-up (no module-level state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "shipway_requests_total",
+            "Model calls by outcome.",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "shipway_request_duration_seconds",
+            "Model call duration, admission to last byte.",
+            ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "shipway_time_to_first_token_seconds",
+            "Streamed calls: time to the first chunk.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "shipway_tokens_total",
+            "Tokens processed.",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "shipway_queue_depth",
+            "Requests waiting for a slot.",
+            ["model"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "shipway_queue_wait_seconds",
+            "Time spent waiting for a slot.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_rejected = Counter(
+            "shipway_queue_rejected_total",
+            "Requests refused because the queue was full.",
+            ["model"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "shipway_worker_restarts_total",
+            "Worker processes restarted after dying.",
+            ["model"],
+            registry=r,
+        )
+        self.workers_up = Gauge(
+            "shipway_workers_up",
+            "Worker processes with their model loaded.",
+            ["model"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
