@@ -63,6 +63,7 @@ class AdmissionQueue:
         self._waiting = 0
         self._capacity = 0
         self._service_ewma_s = 1.0
+        metrics.queue_depth.labels(model).set(0)
 
     @property
     def waiting(self) -> int:

@@ -1,0 +1,177 @@
+"""Every bad input gets a clear error in the OpenAI envelope with the right status, never a 500,
+and the server keeps serving afterwards."""
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import CHAT, EMBED
+from tests.support.servers import Server
+
+OK_MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def _post(server: Server, path: str, **kwargs: Any) -> httpx.Response:
+    return httpx.post(server.base + path, timeout=60, **kwargs)
+
+
+def _error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and len(error["message"]) > 10
+    assert response.headers["x-request-id"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"{not json", "parse the JSON"),
+        (b"", "empty"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"model": "x", "messages": "\xff\xfe"}', "UTF-8"),
+    ],
+)
+def test_unparseable_bodies(server: Server, content: bytes, needle: str) -> None:
+    response = _post(server, "/v1/chat/completions", content=content,
+                     headers={"content-type": "application/json"})
+    error = _error(response, 400)
+    assert needle in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": CHAT}, "messages"),
+        ({"model": CHAT, "messages": []}, "messages"),
+        ({"messages": OK_MESSAGES}, "model"),
+        ({"model": CHAT, "messages": [{"content": "no role"}]}, "messages[0].role"),
+        ({"model": CHAT, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"model": CHAT, "messages": OK_MESSAGES, "max_tokens": "ten"}, "max_tokens"),
+        ({"model": CHAT, "messages": OK_MESSAGES, "temperature": 9}, "temperature"),
+        ({"model": CHAT, "messages": OK_MESSAGES, "top_p": -1}, "top_p"),
+        ({"model": CHAT, "messages": OK_MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": CHAT, "messages": OK_MESSAGES, "top_logprobs": 3}, "top_logprobs"),
+        ({"model": 5, "messages": OK_MESSAGES}, "model"),
+    ],
+)
+def test_wrong_types_and_missing_fields_name_the_param(
+    server: Server, body: dict[str, Any], param: str
+) -> None:
+    error = _error(_post(server, "/v1/chat/completions", json=body), 400)
+    assert error["param"] == param
+
+
+def test_unknown_model_is_404_model_not_found(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-17", messages=OK_MESSAGES)  # type: ignore[arg-type]
+    error = info.value.body
+    assert isinstance(error, dict) and error["code"] == "model_not_found"
+    assert CHAT in error["message"]  # says which models exist
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-17")
+
+
+def test_wrong_capability_is_400(server: Server) -> None:
+    error = _error(_post(server, "/v1/embeddings", json={"model": CHAT, "input": "x"}), 400)
+    assert error["code"] == "model_not_supported"
+    error = _error(_post(server, "/v1/chat/completions", json={"model": EMBED, "messages": OK_MESSAGES}), 400)
+    assert error["param"] == "model"
+
+
+def test_oversized_body_is_413(server: Server) -> None:
+    huge = b'{"model": "x", "messages": [{"role": "user", "content": "' + b"a" * 5_000_000 + b'"}]}'
+    _error(_post(server, "/v1/chat/completions", content=huge), 413)
+
+    def chunked() -> Any:
+        for _ in range(6):
+            yield b"a" * 1_000_000
+
+    response = _post(server, "/v1/chat/completions", content=chunked())
+    _error(response, 413)
+
+
+def test_prompt_longer_than_context_is_context_length_exceeded(client: openai.OpenAI) -> None:
+    long_text = "word " * 3000
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": long_text}])
+    assert info.value.code == "context_length_exceeded"
+    assert "2048" in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=CHAT, messages=OK_MESSAGES, max_tokens=5000)
+    assert info.value.code == "context_length_exceeded"
+
+
+def test_context_length_exceeded_when_streaming_is_a_400_not_a_broken_stream(server: Server) -> None:
+    body = {"model": CHAT, "stream": True, "messages": [{"role": "user", "content": "word " * 3000}]}
+    error = _error(_post(server, "/v1/chat/completions", json=body), 400)
+    assert error["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+        ({"frobnicate": True}, "frobnicate"),
+        ({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
+         "messages[0].content[0]"),
+    ],
+)
+def test_unsupported_features_are_clear_400s(server: Server, extra: dict[str, Any], param: str) -> None:
+    body = {"model": CHAT, "messages": OK_MESSAGES, "max_tokens": 2, **extra}
+    error = _error(_post(server, "/v1/chat/completions", json=body), 400)
+    assert error["param"] == param
+    assert error["code"] == "unsupported_parameter"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": EMBED, "input": ""}, "input[0]"),
+        ({"model": EMBED, "input": []}, "input"),
+        ({"model": EMBED, "input": [1, 2, 3]}, "input"),
+        ({"model": EMBED, "input": "x", "encoding_format": "hex"}, "encoding_format"),
+        ({"model": EMBED, "input": "x", "dimensions": 12}, "dimensions"),
+        ({"model": EMBED, "input": "long " * 400}, "input"),
+        ({"model": EMBED}, "input"),
+    ],
+)
+def test_bad_embedding_requests(server: Server, body: dict[str, Any], param: str) -> None:
+    error = _error(_post(server, "/v1/embeddings", json=body), 400)
+    assert error["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("headers", "param"),
+    [
+        ({"x-shipway-priority": "urgent"}, "x-shipway-priority"),
+        ({"x-shipway-timeout": "soon"}, "x-shipway-timeout"),
+        ({"x-shipway-timeout": "-1"}, "x-shipway-timeout"),
+        ({"x-shipway-timeout": "100000"}, "timeout"),
+    ],
+)
+def test_bad_call_options(server: Server, headers: dict[str, str], param: str) -> None:
+    body = {"model": CHAT, "messages": OK_MESSAGES, "max_tokens": 1}
+    error = _error(_post(server, "/v1/chat/completions", json=body, headers=headers), 400)
+    assert error["param"] == param
+
+
+def test_wrong_route_and_method(server: Server) -> None:
+    _error(httpx.get(server.base + "/v1/chat/completions"), 405)
+    _error(httpx.get(server.base + "/v2/everything"), 404)
+    response = _post(server, "/v1/chat/completions", content=b"a=b",
+                     headers={"content-type": "application/x-www-form-urlencoded"})
+    _error(response, 415)
+
+
+def test_server_still_serves_after_all_that(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model=CHAT, messages=OK_MESSAGES, max_tokens=2)
+    assert reply.choices[0].message.content is not None

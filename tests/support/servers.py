@@ -1,0 +1,87 @@
+"""Real servers for tests: `shipway serve` and the fake upstream, as subprocesses on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout_s}s:\n{log.read_text()[-4000:]}")
+
+
+class Server:
+    """A subprocess server; ``log`` holds its stderr+stdout."""
+
+    def __init__(self, argv: list[str], ready_path: str, env: dict[str, str] | None = None,
+                 ready_timeout_s: float = 120) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._dir = tempfile.TemporaryDirectory(prefix="shipway-test-")
+        self.log = Path(self._dir.name) / "server.log"
+        self._log_file = self.log.open("wb")
+        self.argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.proc = subprocess.Popen(
+            self.argv, stdout=self._log_file, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+        try:
+            wait_http(self.base + ready_path, ready_timeout_s, self.proc, self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def tmp(self) -> Path:
+        return Path(self._dir.name)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log_file.close()
+        self._dir.cleanup()
+
+
+def shipway_server(config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Server:
+    argv = [sys.executable, "-m", "shipway", "serve", "--port", "{port}"]
+    cfg_dir = tempfile.mkdtemp(prefix="shipway-cfg-")
+    if config is not None:
+        path = Path(cfg_dir) / "shipway.yaml"
+        path.write_text(yaml.safe_dump(config))
+        argv += ["--config", str(path)]
+    return Server(argv, "/readyz", env=env)
+
+
+def fake_upstream() -> Server:
+    return Server([sys.executable, "-m", "shipway.ops.fake_upstream", "--port", "{port}"], "/_last",
+                  ready_timeout_s=30)
