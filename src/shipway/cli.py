@@ -30,7 +30,7 @@ def _load(config: Path | None, overrides: dict[str, Any] | None = None) -> Shipw
     try:
         return load_settings(config, overrides)
     except ConfigError as exc:
-        Console(stderr=True).print(f"[red]configuration error[/red]\n{exc}", highlight=False)
+        typer.echo(f"configuration error\n{exc}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -56,7 +56,7 @@ def serve(
     try:
         application = build_app(settings)
     except ConfigError as exc:
-        Console(stderr=True).print(f"[red]configuration error[/red]\n{exc}", highlight=False)
+        typer.echo(f"configuration error\n{exc}", err=True)
         raise typer.Exit(2) from None
     uvicorn.run(
         application,

@@ -76,6 +76,7 @@ class OpenAIRoutes:
             top_logprobs=body.top_logprobs or 0,
             frequency_penalty=body.frequency_penalty or 0.0,
             presence_penalty=body.presence_penalty or 0.0,
+            ignore_eos=bool(body.ignore_eos),
             body=raw,
         )
         call = self._call(request, "chat.completions", body.model, body.timeout)

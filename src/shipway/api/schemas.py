@@ -59,6 +59,7 @@ class ChatCompletionBody(_Body):
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     timeout: Annotated[float, Field(gt=0)] | None = None
     user: str | None = None
+    ignore_eos: bool | None = None
 
     @field_validator("top_logprobs")
     @classmethod

@@ -39,6 +39,7 @@ class ChatRequest:
     top_logprobs: int = 0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    ignore_eos: bool = False
     body: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
@@ -54,6 +55,7 @@ class ChatRequest:
             "top_logprobs": self.top_logprobs,
             "frequency_penalty": self.frequency_penalty,
             "presence_penalty": self.presence_penalty,
+            "ignore_eos": self.ignore_eos,
         }
 
 

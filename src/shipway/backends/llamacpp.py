@@ -120,8 +120,9 @@ class LlamaCppRunner:
             frequency_penalty=float(request.get("frequency_penalty", 0.0)),
             presence_penalty=float(request.get("presence_penalty", 0.0)),
         )
+        ignore_eos = bool(request.get("ignore_eos"))
         for token in tokens:
-            if self._lib.llama_vocab_is_eog(self._vocab, token):
+            if not ignore_eos and self._lib.llama_vocab_is_eog(self._vocab, token):
                 finish = "stop"
                 break
             generated += 1

@@ -25,6 +25,7 @@ _HONOURED = frozenset(
         "top_p",
         "stop",
         "seed",
+        "ignore_eos",
         "logprobs",
         "top_logprobs",
         "stream",

@@ -79,6 +79,7 @@ class WorkerProcess:
         self._ids = itertools.count(1)
         self._current: tuple[int, asyncio.Queue[Any]] | None = None
         self._kill_timer: asyncio.TimerHandle | None = None
+        self._kill_reason: str | None = None
         self._stopping = False
 
     # -- slot ---------------------------------------------------------------------------
@@ -138,6 +139,7 @@ class WorkerProcess:
         )
         self._process = process
         self.pid = process.pid
+        self._kill_reason = None
         assert process.stdout is not None
         try:
             try:
@@ -188,11 +190,13 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
         code = await process.wait()
-        if not was_stopping:
-            self.last_error = self.last_error or f"worker exited with code {code}"
-            if self._current is not None:
-                self.last_error = f"worker died mid-request (exit code {code})"
-                self._log.error("worker died mid-request", exit_code=code)
+        if self._kill_reason is not None:
+            self.last_error = self._kill_reason
+        elif self._current is not None and not was_stopping:
+            self.last_error = f"worker died mid-request (exit code {code})"
+            self._log.error("worker died mid-request", exit_code=code)
+        elif self.state == "dead" and self.last_error is None:
+            self.last_error = f"worker exited with code {code}"
         if self._current is not None:
             self._current[1].put_nowait(_CRASHED)
             self._current = None
@@ -262,7 +266,7 @@ class WorkerProcess:
 
     def _kill_hung(self, request_id: int) -> None:
         if self._current is not None and self._current[0] == request_id and self._process:
-            self.last_error = f"did not stop within {self._settings.cancel_grace_s}s of a cancel"
+            self._kill_reason = f"did not stop within {self._settings.cancel_grace_s}s of a cancel"
             self._log.error("worker hung; killing it", pid=self.pid)
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()

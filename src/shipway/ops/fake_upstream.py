@@ -89,7 +89,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     body = orjson.loads(raw)
     model = str(body.get("model", "echo"))
     request.app[_LAST].clear()
-    request.app[_LAST].update(headers=dict(request.headers), body=body)
+    request.app[_LAST].update(headers={str(k): v for k, v in request.headers.items()}, body=body)
     if model == "fixed":
         return web.Response(body=_FIXED, content_type="application/json")
     if model.startswith("fail-"):
@@ -144,7 +144,7 @@ async def _stream(
 async def _embeddings(request: web.Request) -> web.Response:
     body = await request.json(loads=orjson.loads)
     request.app[_LAST].clear()
-    request.app[_LAST].update(headers=dict(request.headers), body=body)
+    request.app[_LAST].update(headers={str(k): v for k, v in request.headers.items()}, body=body)
     model = str(body.get("model"))
     if model.startswith("fail-"):
         return _error(int(model.removeprefix("fail-")), "fake upstream failure")

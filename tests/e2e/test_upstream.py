@@ -1,0 +1,149 @@
+"""The OpenAI-compatible upstream backend against a real fake upstream server (a subprocess)."""
+
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.support.servers import Server, fake_upstream, free_port, shipway_server
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Server]:
+    srv = fake_upstream()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: Server) -> Iterator[Server]:
+    base = upstream.base + "/v1"
+
+    def up(name: str, **extra: object) -> dict[str, object]:
+        return {"backend": "openai", "base_url": base, "upstream_model": name, **extra}
+
+    srv = shipway_server(
+        {
+            "embedded_models": False,
+            "models": {
+                "up": up("echo", api_key_env="FAKE_UPSTREAM_KEY"),
+                "up-400": up("fail-400"),
+                "up-401": up("fail-401"),
+                "up-429": up("fail-429"),
+                "up-500": up("fail-500"),
+                "up-garbage": up("garbage"),
+                "up-break": up("break-stream"),
+                "up-error-stream": up("error-stream"),
+                "up-slow": up("slow-5", queue={"timeout_s": 0.5}),
+                "up-down": {"backend": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
+            },
+        },
+        env={"FAKE_UPSTREAM_KEY": "sk-test-123"},
+    )
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gateway: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.base + "/v1", api_key="x", max_retries=0, timeout=30)
+
+
+def test_plain_chat_maps_model_and_sends_key(client: openai.OpenAI, upstream: Server) -> None:
+    reply = client.chat.completions.create(
+        model="up", messages=[{"role": "user", "content": "hello there"}], temperature=0.3
+    )
+    assert reply.choices[0].message.content == "echo: hello there"
+    assert reply.model == "up"  # the alias the client asked for, not the upstream's name
+    assert reply.usage and reply.usage.completion_tokens == 3
+    seen = httpx.get(upstream.base + "/_last").json()
+    assert seen["body"]["model"] == "echo"
+    assert seen["body"]["temperature"] == 0.3
+    assert seen["headers"]["Authorization"] == "Bearer sk-test-123"
+
+
+def test_streaming_is_relayed_chunk_by_chunk(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="up", messages=[{"role": "user", "content": "one two three"}], stream=True
+    )
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert pieces == ["echo:", " one", " two", " three"]
+    assert all(c.model == "up" for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in chunks)  # the client did not ask for usage
+
+
+def test_streaming_usage_only_when_asked(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(
+        model="up", messages=[{"role": "user", "content": "a b"}], stream=True,
+        stream_options={"include_usage": True},
+    ))
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 3
+
+
+def test_embeddings_through_upstream(client: openai.OpenAI) -> None:
+    reply = client.embeddings.create(model="up", input=["a", "b"], encoding_format="float")
+    assert len(reply.data) == 2 and len(reply.data[0].embedding) == 8
+    again = client.embeddings.create(model="up", input=["a"])
+    assert np.allclose(reply.data[0].embedding, again.data[0].embedding, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "code"),
+    [
+        ("up-400", 400, "upstream_rejected"),
+        ("up-401", 502, "upstream_auth_failed"),
+        ("up-429", 429, "upstream_rejected"),
+        ("up-500", 502, "upstream_error"),
+        ("up-garbage", 502, "upstream_error"),
+        ("up-down", 502, "upstream_error"),
+        ("up-slow", 504, "timeout"),
+    ],
+)
+def test_upstream_failures_are_mapped(gateway: Server, model: str, status: int, code: str) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "x"}]}
+    response = httpx.post(gateway.base + "/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert model in error["message"] or code == "timeout"
+    if model == "up-429":
+        assert response.headers["retry-after"] == "7"
+
+
+def test_stream_that_fails_before_content_gets_a_status(gateway: Server) -> None:
+    body = {"model": "up-500", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    response = httpx.post(gateway.base + "/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 502
+
+
+@pytest.mark.parametrize("model", ["up-break", "up-error-stream"])
+def test_stream_that_breaks_mid_way_ends_with_an_error_event(client: openai.OpenAI, model: str) -> None:
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "one two three four"}], stream=True
+    )
+    with pytest.raises(openai.APIError) as info:
+        for _ in stream:
+            pass
+    assert model in str(info.value.message)
+
+
+def test_gateway_refuses_to_start_without_the_key(upstream: Server) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    config = {"embedded_models": False, "models": {"up": {
+        "backend": "openai", "base_url": upstream.base + "/v1", "api_key_env": "SHIPWAY_TEST_UNSET_KEY"}}}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(config, f)
+    result = subprocess.run([sys.executable, "-m", "shipway", "serve", "--config", f.name,
+                             "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "SHIPWAY_TEST_UNSET_KEY is not set" in result.stderr

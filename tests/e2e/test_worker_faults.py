@@ -1,0 +1,93 @@
+"""A crashed or hung model worker cannot take the gateway down."""
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import CHAT
+from tests.support.servers import Server, shipway_server
+
+LONG = {"model": CHAT, "messages": [{"role": "user", "content": "Tell a story."}],
+        "max_tokens": 600, "ignore_eos": True}
+SHORT = {"model": CHAT, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+
+@pytest.fixture(scope="module")
+def fault_server() -> Iterator[Server]:
+    srv = shipway_server({
+        "embedded_models": True,
+        "workers": {"cancel_grace_s": 1.0, "restart_backoff_s": 0.1},
+        "models": {CHAT: {"backend": "llamacpp", "workers": 1, "threads": 2}},
+    })
+    yield srv
+    srv.stop()
+
+
+async def _worker(client: httpx.AsyncClient, server: Server, state: str) -> dict:
+    for _ in range(600):
+        ready = (await client.get(server.base + "/readyz")).json()
+        worker = ready["models"][CHAT]["workers"][0]
+        if worker["state"] == state:
+            return worker
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"worker never became {state}: {worker}")
+
+
+async def test_sigkill_mid_request_is_503_and_queued_work_survives(fault_server: Server) -> None:
+    url = fault_server.base + "/v1/chat/completions"
+    async with httpx.AsyncClient(timeout=120) as client:
+        before = await _worker(client, fault_server, "idle")
+        doomed = asyncio.create_task(client.post(url, json=LONG))
+        busy = await _worker(client, fault_server, "busy")
+        queued = asyncio.create_task(client.post(url, json=SHORT))
+        await asyncio.sleep(0.2)
+        os.kill(busy["pid"], signal.SIGKILL)
+        failed = await doomed
+        assert failed.status_code == 503
+        assert failed.json()["error"]["code"] == "worker_crashed"
+        assert failed.headers["retry-after"] == "1"
+        # The request that was waiting is served by the restarted worker: nothing accepted is lost.
+        served = await queued
+        assert served.status_code == 200, served.text
+        after = await _worker(client, fault_server, "idle")
+        assert after["pid"] != before["pid"]
+        assert after["restarts"] == before["restarts"] + 1
+        assert "died mid-request" in after["last_error"]
+        assert (await client.get(fault_server.base + "/healthz")).status_code == 200
+
+
+async def test_hung_worker_is_timed_out_killed_and_replaced(fault_server: Server) -> None:
+    url = fault_server.base + "/v1/chat/completions"
+    async with httpx.AsyncClient(timeout=120) as client:
+        before = await _worker(client, fault_server, "idle")
+        hung = asyncio.create_task(client.post(url, json={**LONG, "timeout": 1.5}))
+        busy = await _worker(client, fault_server, "busy")
+        os.kill(busy["pid"], signal.SIGSTOP)  # a model that stops making progress
+        response = await hung
+        assert response.status_code == 504
+        after = await _worker(client, fault_server, "idle")
+        assert after["pid"] != before["pid"]
+        assert "did not stop" in after["last_error"]
+        served = await client.post(url, json=SHORT)
+        assert served.status_code == 200
+
+
+async def test_readiness_reports_a_dead_worker(fault_server: Server) -> None:
+    async with httpx.AsyncClient(timeout=120) as client:
+        worker = await _worker(client, fault_server, "idle")
+        os.kill(worker["pid"], signal.SIGKILL)
+        seen_unready = False
+        for _ in range(200):
+            response = await client.get(fault_server.base + "/readyz")
+            if response.status_code == 503:
+                seen_unready = True
+                assert response.json()["models"][CHAT]["ready"] is False
+            if seen_unready and response.status_code == 200:
+                break
+            await asyncio.sleep(0.01)
+        assert seen_unready
+        assert (await client.get(fault_server.base + "/readyz")).status_code == 200
