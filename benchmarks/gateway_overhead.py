@@ -141,8 +141,12 @@ def print_report(
         f"Load generator: {tool}; {warmup} s warm-up (discarded), then {seconds} s measured.",
         f"Server under test on core {SERVER_CPU}; load generator and fake upstream on core "
         f"{CLIENT_CPU} (`taskset`).",
-        "wrk command per row: `taskset -c 1 wrk -t1 -cC -dDs --timeout 10s -s post.lua URL`.",
     ]
+    if tool == "wrk":
+        notes.append(
+            f"wrk command per row (C = concurrency): `taskset -c {CLIENT_CPU} wrk -t1 -cC "
+            f"-d{seconds}s --timeout 10s -s post.lua URL`, after the same for {warmup} s."
+        )
     report("Gateway overhead (fake upstream, model `fixed`)", sections, notes)
 
 

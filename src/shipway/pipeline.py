@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,7 +139,9 @@ class Pipeline:
         finally:
             self._account(call, error)
 
-    async def stream(self, call: Call, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+    async def stream(
+        self, call: Call, request: ChatRequest
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield chunks. Errors before the first chunk propagate before any byte is sent."""
         error: BaseException | None = None
         try:
@@ -165,7 +167,7 @@ class Pipeline:
                         self._usage(call, chunk.get("usage"))
                         yield chunk
                 finally:
-                    await chunks.aclose()  # type: ignore[attr-defined]
+                    await chunks.aclose()
             finally:
                 await lease.__aexit__(None, None, None)
         except BaseException as exc:

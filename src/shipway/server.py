@@ -58,7 +58,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=middleware,
-        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
     app.state.engine = engine

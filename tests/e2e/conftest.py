@@ -2,7 +2,6 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-
 from tests.support.servers import Server, shipway_server
 
 CHAT = "smollm2-135m"

@@ -6,7 +6,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-
 from tests.e2e.conftest import CHAT, EMBED
 from tests.support.servers import Server
 
@@ -37,8 +36,12 @@ def _error(response: httpx.Response, status: int) -> dict[str, Any]:
     ],
 )
 def test_unparseable_bodies(server: Server, content: bytes, needle: str) -> None:
-    response = _post(server, "/v1/chat/completions", content=content,
-                     headers={"content-type": "application/json"})
+    response = _post(
+        server,
+        "/v1/chat/completions",
+        content=content,
+        headers={"content-type": "application/json"},
+    )
     error = _error(response, 400)
     assert needle in error["message"]
     assert error["type"] == "invalid_request_error"
@@ -80,7 +83,9 @@ def test_unknown_model_is_404_model_not_found(client: openai.OpenAI) -> None:
 def test_wrong_capability_is_400(server: Server) -> None:
     error = _error(_post(server, "/v1/embeddings", json={"model": CHAT, "input": "x"}), 400)
     assert error["code"] == "model_not_supported"
-    error = _error(_post(server, "/v1/chat/completions", json={"model": EMBED, "messages": OK_MESSAGES}), 400)
+    error = _error(
+        _post(server, "/v1/chat/completions", json={"model": EMBED, "messages": OK_MESSAGES}), 400
+    )
     assert error["param"] == "model"
 
 
@@ -99,7 +104,9 @@ def test_oversized_body_is_413(server: Server) -> None:
 def test_prompt_longer_than_context_is_context_length_exceeded(client: openai.OpenAI) -> None:
     long_text = "word " * 3000
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": long_text}])
+        client.chat.completions.create(
+            model=CHAT, messages=[{"role": "user", "content": long_text}]
+        )
     assert info.value.code == "context_length_exceeded"
     assert "2048" in info.value.message
     with pytest.raises(openai.BadRequestError) as info:
@@ -107,8 +114,14 @@ def test_prompt_longer_than_context_is_context_length_exceeded(client: openai.Op
     assert info.value.code == "context_length_exceeded"
 
 
-def test_context_length_exceeded_when_streaming_is_a_400_not_a_broken_stream(server: Server) -> None:
-    body = {"model": CHAT, "stream": True, "messages": [{"role": "user", "content": "word " * 3000}]}
+def test_context_length_exceeded_when_streaming_is_a_400_not_a_broken_stream(
+    server: Server,
+) -> None:
+    body = {
+        "model": CHAT,
+        "stream": True,
+        "messages": [{"role": "user", "content": "word " * 3000}],
+    }
     error = _error(_post(server, "/v1/chat/completions", json=body), 400)
     assert error["code"] == "context_length_exceeded"
 
@@ -118,14 +131,32 @@ def test_context_length_exceeded_when_streaming_is_a_400_not_a_broken_stream(ser
     [
         ({"n": 2}, "n"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format",
+        ),
         ({"frobnicate": True}, "frobnicate"),
-        ({"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
-         "messages[0].content[0]"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64,AAAA"},
+                            }
+                        ],
+                    }
+                ]
+            },
+            "messages[0].content[0]",
+        ),
     ],
 )
-def test_unsupported_features_are_clear_400s(server: Server, extra: dict[str, Any], param: str) -> None:
+def test_unsupported_features_are_clear_400s(
+    server: Server, extra: dict[str, Any], param: str
+) -> None:
     body = {"model": CHAT, "messages": OK_MESSAGES, "max_tokens": 2, **extra}
     error = _error(_post(server, "/v1/chat/completions", json=body), 400)
     assert error["param"] == param
@@ -167,8 +198,12 @@ def test_bad_call_options(server: Server, headers: dict[str, str], param: str) -
 def test_wrong_route_and_method(server: Server) -> None:
     _error(httpx.get(server.base + "/v1/chat/completions"), 405)
     _error(httpx.get(server.base + "/v2/everything"), 404)
-    response = _post(server, "/v1/chat/completions", content=b"a=b",
-                     headers={"content-type": "application/x-www-form-urlencoded"})
+    response = _post(
+        server,
+        "/v1/chat/completions",
+        content=b"a=b",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     _error(response, 415)
 
 

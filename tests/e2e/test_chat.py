@@ -2,7 +2,6 @@
 
 import httpx
 import openai
-
 from tests.e2e.conftest import CHAT
 from tests.support.servers import Server
 
@@ -10,7 +9,9 @@ MESSAGES = [{"role": "user", "content": "Name three colours."}]
 
 
 def test_plain_chat_has_openai_shape_and_exact_usage(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=12, temperature=0)
+    reply = client.chat.completions.create(
+        model=CHAT, messages=MESSAGES, max_tokens=12, temperature=0
+    )
     assert reply.object == "chat.completion"
     assert reply.model == CHAT
     assert reply.id.startswith("chatcmpl-")
@@ -52,9 +53,15 @@ def test_greedy_with_seed_is_reproducible(client: openai.OpenAI) -> None:
 
 
 def test_streaming_matches_non_streaming_and_reports_usage(client: openai.OpenAI) -> None:
-    plain = client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=20, temperature=0)
+    plain = client.chat.completions.create(
+        model=CHAT, messages=MESSAGES, max_tokens=20, temperature=0
+    )
     stream = client.chat.completions.create(
-        model=CHAT, messages=MESSAGES, max_tokens=20, temperature=0, stream=True,
+        model=CHAT,
+        messages=MESSAGES,
+        max_tokens=20,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -62,7 +69,9 @@ def test_streaming_matches_non_streaming_and_reports_usage(client: openai.OpenAI
     assert text == plain.choices[0].message.content
     assert chunks[0].choices[0].delta.role == "assistant"
     assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == [plain.choices[0].finish_reason]
     usage_chunk = chunks[-1]
     assert usage_chunk.choices == [] and usage_chunk.usage is not None
@@ -87,7 +96,9 @@ def test_max_completion_tokens_and_stop(client: openai.OpenAI) -> None:
     )
     assert reply.usage and reply.usage.completion_tokens == 3
     assert reply.choices[0].finish_reason == "length"
-    full = client.chat.completions.create(model=CHAT, messages=MESSAGES, max_tokens=30, temperature=0)
+    full = client.chat.completions.create(
+        model=CHAT, messages=MESSAGES, max_tokens=30, temperature=0
+    )
     text = full.choices[0].message.content or ""
     words = text.split()
     assert len(words) >= 3

@@ -5,7 +5,6 @@ import base64
 import httpx
 import numpy as np
 import openai
-
 from tests.e2e.conftest import CHAT, EMBED
 from tests.support.servers import Server
 
@@ -77,6 +76,9 @@ def test_every_response_has_a_request_id(server: Server) -> None:
 def test_metrics_count_requests_and_queue(server: Server, client: openai.OpenAI) -> None:
     client.embeddings.create(model=EMBED, input="count me")
     text = httpx.get(server.base + "/metrics").text
-    assert 'shipway_requests_total{endpoint="embeddings",model="all-minilm-l6-v2",status="200"}' in text
+    assert (
+        'shipway_requests_total{endpoint="embeddings",model="all-minilm-l6-v2",status="200"}'
+        in text
+    )
     assert "shipway_queue_wait_seconds_bucket" in text
     assert 'shipway_queue_depth{model="smollm2-135m"}' in text

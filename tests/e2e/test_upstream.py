@@ -6,7 +6,6 @@ import httpx
 import numpy as np
 import openai
 import pytest
-
 from tests.support.servers import Server, fake_upstream, free_port, shipway_server
 
 
@@ -69,7 +68,9 @@ def test_streaming_is_relayed_chunk_by_chunk(client: openai.OpenAI) -> None:
         model="up", messages=[{"role": "user", "content": "one two three"}], stream=True
     )
     chunks = list(stream)
-    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    pieces = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
     assert pieces == ["echo:", " one", " two", " three"]
     assert all(c.model == "up" for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "stop"
@@ -77,10 +78,14 @@ def test_streaming_is_relayed_chunk_by_chunk(client: openai.OpenAI) -> None:
 
 
 def test_streaming_usage_only_when_asked(client: openai.OpenAI) -> None:
-    chunks = list(client.chat.completions.create(
-        model="up", messages=[{"role": "user", "content": "a b"}], stream=True,
-        stream_options={"include_usage": True},
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="up",
+            messages=[{"role": "user", "content": "a b"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 3
 
@@ -122,7 +127,9 @@ def test_stream_that_fails_before_content_gets_a_status(gateway: Server) -> None
 
 
 @pytest.mark.parametrize("model", ["up-break", "up-error-stream"])
-def test_stream_that_breaks_mid_way_ends_with_an_error_event(client: openai.OpenAI, model: str) -> None:
+def test_stream_that_breaks_mid_way_ends_with_an_error_event(
+    client: openai.OpenAI, model: str
+) -> None:
     stream = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "one two three four"}], stream=True
     )
@@ -139,11 +146,23 @@ def test_gateway_refuses_to_start_without_the_key(upstream: Server) -> None:
 
     import yaml
 
-    config = {"embedded_models": False, "models": {"up": {
-        "backend": "openai", "base_url": upstream.base + "/v1", "api_key_env": "SHIPWAY_TEST_UNSET_KEY"}}}
+    config = {
+        "embedded_models": False,
+        "models": {
+            "up": {
+                "backend": "openai",
+                "base_url": upstream.base + "/v1",
+                "api_key_env": "SHIPWAY_TEST_UNSET_KEY",
+            }
+        },
+    }
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(config, f)
-    result = subprocess.run([sys.executable, "-m", "shipway", "serve", "--config", f.name,
-                             "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "shipway", "serve", "--config", f.name, "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "SHIPWAY_TEST_UNSET_KEY is not set" in result.stderr

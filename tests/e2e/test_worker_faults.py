@@ -7,22 +7,27 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from tests.e2e.conftest import CHAT
 from tests.support.servers import Server, shipway_server
 
-LONG = {"model": CHAT, "messages": [{"role": "user", "content": "Tell a story."}],
-        "max_tokens": 600, "ignore_eos": True}
+LONG = {
+    "model": CHAT,
+    "messages": [{"role": "user", "content": "Tell a story."}],
+    "max_tokens": 600,
+    "ignore_eos": True,
+}
 SHORT = {"model": CHAT, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 
 
 @pytest.fixture(scope="module")
 def fault_server() -> Iterator[Server]:
-    srv = shipway_server({
-        "embedded_models": True,
-        "workers": {"cancel_grace_s": 1.0, "restart_backoff_s": 0.1},
-        "models": {CHAT: {"backend": "llamacpp", "workers": 1, "threads": 2}},
-    })
+    srv = shipway_server(
+        {
+            "embedded_models": True,
+            "workers": {"cancel_grace_s": 1.0, "restart_backoff_s": 0.1},
+            "models": {CHAT: {"backend": "llamacpp", "workers": 1, "threads": 2}},
+        }
+    )
     yield srv
     srv.stop()
 

@@ -38,8 +38,13 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log: Pa
 class Server:
     """A subprocess server; ``log`` holds its stderr+stdout."""
 
-    def __init__(self, argv: list[str], ready_path: str, env: dict[str, str] | None = None,
-                 ready_timeout_s: float = 120) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        ready_path: str,
+        env: dict[str, str] | None = None,
+        ready_timeout_s: float = 120,
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="shipway-test-")
@@ -47,8 +52,11 @@ class Server:
         self._log_file = self.log.open("wb")
         self.argv = [a.replace("{port}", str(self.port)) for a in argv]
         self.proc = subprocess.Popen(
-            self.argv, stdout=self._log_file, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            self.argv,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
         try:
             wait_http(self.base + ready_path, ready_timeout_s, self.proc, self.log)
@@ -72,7 +80,9 @@ class Server:
         self._dir.cleanup()
 
 
-def shipway_server(config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Server:
+def shipway_server(
+    config: dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> Server:
     argv = [sys.executable, "-m", "shipway", "serve", "--port", "{port}"]
     cfg_dir = tempfile.mkdtemp(prefix="shipway-cfg-")
     if config is not None:
@@ -83,5 +93,8 @@ def shipway_server(config: dict[str, Any] | None = None, env: dict[str, str] | N
 
 
 def fake_upstream() -> Server:
-    return Server([sys.executable, "-m", "shipway.ops.fake_upstream", "--port", "{port}"], "/_last",
-                  ready_timeout_s=30)
+    return Server(
+        [sys.executable, "-m", "shipway.ops.fake_upstream", "--port", "{port}"],
+        "/_last",
+        ready_timeout_s=30,
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -192,11 +192,11 @@ def _has_substance(chunk: dict[str, Any]) -> bool:
 
 async def _sse(
     held: list[dict[str, Any]],
-    chunks: AsyncIterator[dict[str, Any]],
+    chunks: AsyncGenerator[dict[str, Any], None],
     stamp: dict[str, Any],
     include_usage: bool,
-) -> AsyncIterator[bytes]:
-    async def all_chunks() -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[bytes, None]:
+    async def all_chunks() -> AsyncGenerator[dict[str, Any], None]:
         for chunk in held:
             yield chunk
         async for chunk in chunks:
@@ -219,7 +219,7 @@ async def _sse(
         yield b"data: " + orjson.dumps(error.to_dict()) + b"\n\n"
         return
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()
     yield b"data: [DONE]\n\n"
 
 

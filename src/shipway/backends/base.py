@@ -9,7 +9,7 @@ backends need not agree on those. Backends know nothing of keys, budgets, queues
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -80,6 +80,6 @@ class Backend(Protocol):
 
     async def chat(self, request: ChatRequest) -> dict[str, Any]: ...
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]: ...
+    def stream(self, request: ChatRequest) -> AsyncGenerator[dict[str, Any], None]: ...
 
     async def embed(self, request: EmbedRequest) -> EmbedResult: ...

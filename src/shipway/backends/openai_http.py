@@ -9,7 +9,7 @@ whose fault it is: the client's (4xx passed through), the upstream's (502), or t
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -129,7 +129,7 @@ class OpenAIHTTPBackend:
             response.release()
         return _json_object(data, self.alias)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[dict[str, Any], None]:
         options = {**(request.body.get("stream_options") or {}), "include_usage": True}
         response = await self._post(
             "chat/completions", self._body(request.body, stream=True, stream_options=options)

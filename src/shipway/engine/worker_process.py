@@ -19,7 +19,7 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -219,7 +219,9 @@ class WorkerProcess:
                 process.kill()
 
     # -- requests -------------------------------------------------------------------------
-    async def _exchange(self, op: str, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _exchange(
+        self, op: str, request: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
         process = self._process
         if self.state != "idle" or process is None or process.stdin is None:
             raise ModelUnavailable(f"the worker for model {self.model!r} is not available")
@@ -271,7 +273,7 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[dict[str, Any], None]:
         wire = {**request.to_wire(), "messages": validate_local_chat(request)}
         yield chat_chunk({"role": "assistant", "content": ""})
         usage: dict[str, int] | None = None

@@ -52,7 +52,9 @@ _LAST: web.AppKey[dict[str, Any]] = web.AppKey("last", dict)
 def _error(status: int, message: str) -> web.Response:
     headers = {"Retry-After": "7"} if status == 429 else {}
     body = {"error": {"message": message, "type": "fake_error", "param": None, "code": None}}
-    return web.json_response(body, status=status, headers=headers, dumps=lambda o: orjson.dumps(o).decode())
+    return web.json_response(
+        body, status=status, headers=headers, dumps=lambda o: orjson.dumps(o).decode()
+    )
 
 
 def _reply_text(body: dict[str, Any]) -> str:
@@ -78,7 +80,11 @@ def _completion(model: str, text: str, prompt_tokens: int) -> dict[str, Any]:
                 "finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": words, "total_tokens": prompt_tokens + words},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": words,
+            "total_tokens": prompt_tokens + words,
+        },
     }
 
 
@@ -101,7 +107,10 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     text = _reply_text(body)
     prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
     if not body.get("stream"):
-        return web.Response(body=orjson.dumps(_completion(model, text, prompt_tokens)), content_type="application/json")
+        return web.Response(
+            body=orjson.dumps(_completion(model, text, prompt_tokens)),
+            content_type="application/json",
+        )
     return await _stream(request, body, model, text, prompt_tokens)
 
 
@@ -134,8 +143,19 @@ async def _stream(
             return response
     await response.write(chunk({}, "stop"))
     if (body.get("stream_options") or {}).get("include_usage"):
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words), "total_tokens": prompt_tokens + len(words)}
-        data = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [], "usage": usage}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens + len(words),
+        }
+        data = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
         await response.write(b"data: " + orjson.dumps(data) + b"\n\n")
     await response.write(b"data: [DONE]\n\n")
     return response
@@ -154,7 +174,12 @@ async def _embeddings(request: web.Request) -> web.Response:
         digest = hashlib.sha256(str(text).encode()).digest()
         data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in digest[:8]]})
     tokens = sum(len(str(t).split()) for t in inputs)
-    out = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    out = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
     return web.Response(body=orjson.dumps(out), content_type="application/json")
 
 
@@ -172,7 +197,9 @@ def build_fake_upstream() -> web.Application:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
     args = parser.parse_args()

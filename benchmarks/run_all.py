@@ -1,0 +1,93 @@
+"""Run every benchmark in sequence and rewrite the results section of docs/performance.md.
+
+    python benchmarks/run_all.py            # full run (about 10 minutes on 2 cores)
+    python benchmarks/run_all.py --quick    # smoke run; add --no-write to leave the docs alone
+
+Each benchmark prints a markdown block on stdout; this script collects them, adds the date,
+the machine and the commands, and puts the lot between the ``results`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import BENCH_DIR, ROOT, log
+
+SCRIPTS = ["gateway_overhead.py", "embedded_chat.py", "embeddings.py", "startup.py"]
+DOC = ROOT / "docs" / "performance.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+BUSY_LOAD = 0.5  # 1-minute load average above which a run is marked preliminary
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return (
+        f"{nproc} cores (`nproc`), {model}, {mem_kb / 2**20:.0f} GiB RAM, "
+        f"Linux {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def run(script: str, quick: bool) -> str:
+    argv = [sys.executable, str(BENCH_DIR / script), *(["--quick"] if quick else [])]
+    log(f"== {script}")
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=1200, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return f"### {script}\n\nTimed out after 1200 s.\n"
+    if done.returncode != 0:
+        return f"### {script}\n\nFailed with exit code {done.returncode}; see its stderr.\n"
+    return done.stdout.strip() + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke mode for every benchmark")
+    parser.add_argument("--no-write", action="store_true", help="print only; keep the docs")
+    parser.add_argument("--note", default="", help="a line to add, e.g. why a run is preliminary")
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    blocks = [run(script, args.quick) for script in SCRIPTS]
+    minutes = (time.monotonic() - started) / 60
+
+    mode = "quick (smoke) mode" if args.quick else "full mode"
+    header = [
+        f"Run on {time.strftime('%Y-%m-%d %H:%M %Z')}, {mode}, {minutes:.1f} min in all.",
+        "",
+        f"- Machine: {machine()}.",
+        f"- 1-minute load average before the run: {load_before:.2f}.",
+        f"- Command: `python benchmarks/run_all.py{' --quick' if args.quick else ''}` "
+        "(each section names its own command).",
+    ]
+    reasons = ["smoke-mode numbers"] if args.quick else []
+    if load_before > BUSY_LOAD:
+        reasons.append("the machine was busy when the run started")
+    if reasons:
+        header.append(f"- **Preliminary**: {'; '.join(reasons)}.")
+    if args.note:
+        header.append(f"- Note: {args.note}")
+    results = "\n".join(header) + "\n\n" + "\n".join(blocks)
+    print(results)
+    if not args.no_write:
+        text = DOC.read_text()
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        DOC.write_text(f"{head}{START}\n{results}\n{END}{tail}")
+        log(f"wrote the results into {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
