@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -23,6 +24,23 @@ SCRIPTS = ["gateway_overhead.py", "embedded_chat.py", "embeddings.py", "startup.
 DOC = ROOT / "docs" / "performance.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 BUSY_LOAD = 0.5  # 1-minute load average above which a run is marked preliminary
+BUSY_OTHERS = 0.10  # share of the machine's CPU used by other processes, ditto
+
+
+def busy_cpu_s() -> float:
+    """CPU-seconds the whole machine has spent busy since boot (all cores)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def our_cpu_s() -> float:
+    """CPU-seconds used by this process and its finished (reaped) descendants."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def machine() -> str:
@@ -39,16 +57,22 @@ def machine() -> str:
     )
 
 
-def run(script: str, quick: bool) -> str:
+def run(script: str, quick: bool) -> tuple[str, float]:
+    """Run one benchmark; return its markdown and the share of CPU others used meanwhile."""
     argv = [sys.executable, str(BENCH_DIR / script), *(["--quick"] if quick else [])]
     log(f"== {script}")
+    busy, ours, started = busy_cpu_s(), our_cpu_s(), time.monotonic()
     try:
         done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=1200, cwd=ROOT)
+        out = done.stdout.strip() + "\n"
+        if done.returncode != 0:
+            out = f"### {script}\n\nFailed with exit code {done.returncode}; see its stderr.\n"
     except subprocess.TimeoutExpired:
-        return f"### {script}\n\nTimed out after 1200 s.\n"
-    if done.returncode != 0:
-        return f"### {script}\n\nFailed with exit code {done.returncode}; see its stderr.\n"
-    return done.stdout.strip() + "\n"
+        out = f"### {script}\n\nTimed out after 1200 s.\n"
+    others = (busy_cpu_s() - busy) - (our_cpu_s() - ours)
+    share = max(0.0, others) / ((time.monotonic() - started) * (os.cpu_count() or 1))
+    log(f"   other processes used {share:.0%} of the machine meanwhile")
+    return out, share
 
 
 def main() -> None:
@@ -60,7 +84,10 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     started = time.monotonic()
-    blocks = [run(script, args.quick) for script in SCRIPTS]
+    outcomes = {script: run(script, args.quick) for script in SCRIPTS}
+    blocks = [block for block, _ in outcomes.values()]
+    others = ", ".join(f"{name} {share:.0%}" for name, (_, share) in outcomes.items())
+    busiest = max(share for _, share in outcomes.values())
     minutes = (time.monotonic() - started) / 60
 
     mode = "quick (smoke) mode" if args.quick else "full mode"
@@ -69,12 +96,15 @@ def main() -> None:
         "",
         f"- Machine: {machine()}.",
         f"- 1-minute load average before the run: {load_before:.2f}.",
+        f"- Share of the machine's CPU used by processes other than the benchmarks: {others}.",
         f"- Command: `python benchmarks/run_all.py{' --quick' if args.quick else ''}` "
         "(each section names its own command).",
     ]
     reasons = ["smoke-mode numbers"] if args.quick else []
     if load_before > BUSY_LOAD:
         reasons.append("the machine was busy when the run started")
+    if busiest > BUSY_OTHERS:
+        reasons.append("other processes used the CPU during the run")
     if reasons:
         header.append(f"- **Preliminary**: {'; '.join(reasons)}.")
     if args.note:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -178,6 +178,20 @@ _EMBEDDED_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+class _YamlDocument(PydanticBaseSettingsSource):
+    """A settings source over an already parsed YAML document."""
+
+    def __init__(self, settings_cls: type[BaseSettings], document: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._document = document
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._document.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._document)
+
+
 class ShipwaySettings(BaseSettings):
     """The whole configuration (`shipway.yaml`)."""
 
@@ -204,6 +218,9 @@ class ShipwaySettings(BaseSettings):
         default_factory=dict, description="Model alias → backend and its parameters."
     )
 
+    # The parsed YAML document; `load_settings` sets it on a one-off subclass.
+    yaml_document: ClassVar[dict[str, Any]] = {}
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -213,8 +230,8 @@ class ShipwaySettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML document arrives as init kwargs; the environment must win over it.
-        return (env_settings, init_settings)
+        # Highest first: CLI flags (init kwargs), then the environment, then the YAML file.
+        return (init_settings, env_settings, _YamlDocument(settings_cls, cls.yaml_document))
 
     @model_validator(mode="before")
     @classmethod
@@ -248,11 +265,9 @@ def load_settings(
     data: dict[str, Any] = {}
     if config_file is not None:
         data = _read_yaml(Path(config_file))
+    from_file = type("ShipwaySettings", (ShipwaySettings,), {"yaml_document": data})
     try:
-        settings = ShipwaySettings(**data)
-        if overrides:
-            merged = _deep_merge(settings.model_dump(), overrides)
-            settings = ShipwaySettings.model_validate(merged)
+        settings: ShipwaySettings = from_file(**(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from exc
     return settings
@@ -274,16 +289,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, not a list or value")
     return document
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 _BACKEND_TAGS = {"llamacpp", "sentence_transformers", "openai"}

@@ -84,7 +84,6 @@ class OpenAIRoutes:
             "id": f"chatcmpl-{call.request_id}",
             "created": int(time.time()),
             "model": body.model,
-            "system_fingerprint": None,
         }
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -209,9 +208,8 @@ async def _sse(
                 continue
             chunk.update(stamp)
             chunk["object"] = "chat.completion.chunk"
-            if include_usage:
-                chunk.setdefault("usage", None)
-            else:
+            if not include_usage or chunk.get("usage") is None:
+                # OpenAI's schema types `usage` as an object: absent, not null, until the end.
                 chunk.pop("usage", None)
             yield b"data: " + orjson.dumps(chunk) + b"\n\n"
     except ShipwayError as error:

@@ -29,7 +29,7 @@ class SentenceRunner:
         self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         self.batch_size = batch_size
         self.max_tokens = int(self.model.max_seq_length or 512)
-        self.dimensions = int(self.model.get_sentence_embedding_dimension() or 0)
+        self.dimensions = int(self.model.get_embedding_dimension() or 0)
 
     def info(self) -> dict[str, Any]:
         return {

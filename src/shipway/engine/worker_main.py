@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import queue
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -114,6 +115,9 @@ def _read_requests(jobs: queue.Queue[dict[str, Any]], cancelled: set[int]) -> No
 
 
 def main() -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the gateway decides when a worker
+    # stops (it drains first, then closes our stdin), so the worker ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     spec = orjson.loads(sys.argv[1])
     protocol_out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)

@@ -126,6 +126,8 @@ class WorkerProcess:
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
             "OMP_NUM_THREADS": str(self._spec["threads"]),
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
         }
         process = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -1,0 +1,128 @@
+from pathlib import Path
+
+import pytest
+
+from shipway.config import LlamaCppModel, OpenAIUpstreamModel, load_settings
+from shipway.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "shipway.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_no_config_serves_the_two_embedded_models() -> None:
+    settings = load_settings()
+    assert list(settings.models) == ["smollm2-135m", "all-minilm-l6-v2"]
+    assert settings.server.port == 8700
+    assert isinstance(settings.models["smollm2-135m"], LlamaCppModel)
+
+
+def test_yaml_adds_an_upstream_next_to_the_embedded_models(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+models:
+  gpt:
+    backend: openai
+    base_url: http://127.0.0.1:8000/v1/
+    api_key_env: OPENAI_API_KEY
+""",
+    )
+    settings = load_settings(path)
+    assert list(settings.models) == ["smollm2-135m", "all-minilm-l6-v2", "gpt"]
+    gpt = settings.models["gpt"]
+    assert isinstance(gpt, OpenAIUpstreamModel)
+    assert gpt.base_url == "http://127.0.0.1:8000/v1"
+
+
+def test_embedded_models_can_be_switched_off_or_replaced(tmp_path: Path) -> None:
+    off = load_settings(_write(tmp_path, "embedded_models: false\n"))
+    assert off.models == {}
+    replaced = load_settings(
+        _write(tmp_path, "models:\n  smollm2-135m: {backend: llamacpp, workers: 3}\n")
+    )
+    model = replaced.models["smollm2-135m"]
+    assert isinstance(model, LlamaCppModel) and model.workers == 3
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("server:\n  prot: 1\n", ["server.prot: unknown key; did you mean `port`?"]),
+        (
+            "models:\n  x:\n    backend: openai\n    bse_url: http://a\n",
+            [
+                "models.x.base_url: Field required",
+                "models.x.bse_url: unknown key; did you mean `base_url`?",
+            ],
+        ),
+        ("models:\n  x:\n    backend: vllm\n", ["models.x: `backend` must be one of"]),
+        (
+            "queue:\n  max_waiting: -1\n",
+            ["queue.max_waiting: Input should be greater than or equal to 0"],
+        ),
+        (
+            "models:\n  x: {backend: openai, base_url: 'ftp://x'}\n",
+            ["models.x.base_url: Value error, must start with http"],
+        ),
+        (
+            "models:\n  x: {backend: openai, base_url: 'http://x', api_key_env: 'sk-abc def'}\n",
+            ["models.x.api_key_env: Value error, must be the NAME of an environment variable"],
+        ),
+        (
+            "models:\n  x: {backend: llamacpp, queue: {max_wating: 3}}\n",
+            ["models.x.queue.max_wating: unknown key; did you mean `max_waiting`?"],
+        ),
+        ("- a list\n", ["the top level must be a mapping"]),
+        ("server: [\n", ["not valid YAML"]),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, yaml_text: str, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, yaml_text))
+    for needle in expected:
+        assert needle in str(info.value)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_source_order_defaults_yaml_env_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(tmp_path, "server:\n  port: 9001\n  host: 0.0.0.0\nqueue:\n  max_waiting: 5\n")
+    assert load_settings(path).server.port == 9001
+    monkeypatch.setenv("SHIPWAY_SERVER__PORT", "9002")
+    monkeypatch.setenv("SHIPWAY_QUEUE__TIMEOUT_S", "7")
+    settings = load_settings(path)
+    assert settings.server.port == 9002  # env beats YAML
+    assert settings.server.host == "0.0.0.0"  # the rest of the YAML section survives
+    assert settings.queue.max_waiting == 5 and settings.queue.timeout_s == 7
+    flagged = load_settings(path, {"server": {"port": 9003}})
+    assert flagged.server.port == 9003  # flags beat env
+
+
+def test_bad_env_override_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHIPWAY_SERVER__PORT", "eighty")
+    with pytest.raises(ConfigError, match="server.port"):
+        load_settings()
+
+
+def test_per_model_queue_overrides_inherit(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "queue: {max_waiting: 10, timeout_s: 30}\nmodels:\n  smollm2-135m: {backend: llamacpp, queue: {timeout_s: 5}}\n",
+    )
+    settings = load_settings(path)
+    resolved = settings.models["smollm2-135m"].queue.resolve(settings.queue)
+    assert resolved.max_waiting == 10 and resolved.timeout_s == 5
+
+
+def test_example_config_is_valid() -> None:
+    settings = load_settings(Path(__file__).parents[2] / "examples" / "shipway.yaml")
+    assert "gpt-4o-mini" in settings.models
