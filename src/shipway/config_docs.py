@@ -79,9 +79,8 @@ def render() -> str:
     top_rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
     for name in top:
         field = ShipwaySettings.model_fields[name]
-        top_rows.append(
-            f"| `{name}`<br>`SHIPWAY_{name.upper()}` | `{_type(field)}` | {_default(field)} | {field.description} |"
-        )
+        key = f"`{name}`<br>`SHIPWAY_{name.upper()}`"
+        top_rows.append(f"| {key} | `{_type(field)}` | {_default(field)} | {field.description} |")
     parts = [
         _HEADER,
         "## Top level\n\n" + "\n".join(top_rows) + "\n",

@@ -109,14 +109,15 @@ def test_source_order_defaults_yaml_env_flags(
 
 def test_bad_env_override_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHIPWAY_SERVER__PORT", "eighty")
-    with pytest.raises(ConfigError, match="server.port"):
+    with pytest.raises(ConfigError, match=r"server\.port"):
         load_settings()
 
 
 def test_per_model_queue_overrides_inherit(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
-        "queue: {max_waiting: 10, timeout_s: 30}\nmodels:\n  smollm2-135m: {backend: llamacpp, queue: {timeout_s: 5}}\n",
+        "queue: {max_waiting: 10, timeout_s: 30}\n"
+        "models:\n  smollm2-135m: {backend: llamacpp, queue: {timeout_s: 5}}\n",
     )
     settings = load_settings(path)
     resolved = settings.models["smollm2-135m"].queue.resolve(settings.queue)
