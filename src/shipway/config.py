@@ -118,6 +118,13 @@ class LlamaCppModel(_ModelBase):
     workers: int = Field(1, ge=1, le=64, description="Worker processes (one request each).")
     threads: int = Field(2, ge=1, le=256, description="CPU threads per worker.")
 
+    @field_validator("path")
+    @classmethod
+    def _is_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no file at {value}")
+        return value
+
 
 class SentenceTransformersModel(_ModelBase):
     """An embedding model run by sentence-transformers in isolated worker processes."""
@@ -129,7 +136,13 @@ class SentenceTransformersModel(_ModelBase):
     workers: int = Field(1, ge=1, le=64, description="Worker processes (one request each).")
     threads: int = Field(1, ge=1, le=256, description="Torch threads per worker.")
     batch_size: int = Field(32, ge=1, description="Inputs encoded per forward pass.")
-    max_inputs: int = Field(2048, ge=1, description="Most inputs accepted in one request.")
+
+    @field_validator("path")
+    @classmethod
+    def _is_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value / "modules.json").is_file():
+            raise ValueError(f"no sentence-transformers model (modules.json) in {value}")
+        return value
 
 
 class OpenAIUpstreamModel(_ModelBase):

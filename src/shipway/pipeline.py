@@ -75,6 +75,7 @@ class Pipeline:
                 param="model",
                 code="model_not_supported",
             )
+        runner.check_available()
         limits = runner.queue_settings
         requested = call.requested_timeout_s
         if requested is not None and requested > limits.max_timeout_s:

@@ -3,7 +3,9 @@
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -96,3 +98,34 @@ async def test_readiness_reports_a_dead_worker(fault_server: Server) -> None:
             await asyncio.sleep(0.01)
         assert seen_unready
         assert (await client.get(fault_server.base + "/readyz")).status_code == 200
+
+
+def test_model_that_cannot_load_fails_fast_with_the_reason(tmp_path: Path) -> None:
+    garbage = tmp_path / "broken.gguf"
+    garbage.write_bytes(b"this is not a GGUF file" * 100)
+    server = shipway_server(
+        {
+            "embedded_models": False,
+            "workers": {"restart_backoff_s": 0.2},
+            "models": {"broken": {"backend": "llamacpp", "path": str(garbage)}},
+        },
+        ready_path="/healthz",
+    )
+    try:
+        for _ in range(300):
+            ready = httpx.get(server.base + "/readyz")
+            worker = ready.json()["models"]["broken"]["workers"][0]
+            if worker["failed_loads"] > 0:
+                break
+            time.sleep(0.05)
+        assert ready.status_code == 503
+        assert worker["last_error"]
+        started = time.monotonic()
+        body = {"model": "broken", "messages": [{"role": "user", "content": "hi"}]}
+        response = httpx.post(server.base + "/v1/chat/completions", json=body, timeout=60)
+        assert response.status_code == 503
+        assert time.monotonic() - started < 2  # not queued until the 120 s deadline
+        assert "cannot be served" in response.json()["error"]["message"]
+        assert response.headers["retry-after"] == "30"
+    finally:
+        server.stop()

@@ -81,7 +81,9 @@ class Server:
 
 
 def shipway_server(
-    config: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    config: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    ready_path: str = "/readyz",
 ) -> Server:
     argv = [sys.executable, "-m", "shipway", "serve", "--port", "{port}"]
     cfg_dir = tempfile.mkdtemp(prefix="shipway-cfg-")
@@ -89,7 +91,7 @@ def shipway_server(
         path = Path(cfg_dir) / "shipway.yaml"
         path.write_text(yaml.safe_dump(config))
         argv += ["--config", str(path)]
-    return Server(argv, "/readyz", env=env)
+    return Server(argv, ready_path, env=env)
 
 
 def fake_upstream() -> Server:

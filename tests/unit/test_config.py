@@ -76,6 +76,14 @@ def test_embedded_models_can_be_switched_off_or_replaced(tmp_path: Path) -> None
             ["models.x.queue.max_wating: unknown key; did you mean `max_waiting`?"],
         ),
         ("- a list\n", ["the top level must be a mapping"]),
+        (
+            "models:\n  x: {backend: llamacpp, path: /nonexistent/m.gguf}\n",
+            ["models.x.path: Value error, no file at /nonexistent/m.gguf"],
+        ),
+        (
+            "models:\n  x: {backend: sentence_transformers, path: /tmp}\n",
+            ["models.x.path: Value error, no sentence-transformers model"],
+        ),
         ("server: [\n", ["not valid YAML"]),
     ],
 )

@@ -24,7 +24,7 @@ from shipway.config import (
 )
 from shipway.engine.admission import AdmissionQueue
 from shipway.engine.worker_process import WorkerProcess
-from shipway.errors import ConfigError, ModelNotFound
+from shipway.errors import ConfigError, ModelNotFound, ModelUnavailable
 from shipway.telemetry.metrics import Metrics
 
 __all__ = ["Engine", "ModelRunner"]
@@ -102,6 +102,15 @@ class ModelRunner:
     @property
     def ready(self) -> bool:
         return self.upstream is not None or any(w.state in ("idle", "busy") for w in self.workers)
+
+    def check_available(self) -> None:
+        """Fail fast when no worker can load the model, rather than queue until the deadline."""
+        if self.workers and all(w.failed_loads > 0 for w in self.workers):
+            raise ModelUnavailable(
+                f"model {self.alias!r} cannot be served: its workers fail to load it "
+                f"({self.workers[0].last_error}); see GET /readyz",
+                retry_after=30,
+            )
 
     async def start(self) -> None:
         if self.upstream is not None:

@@ -74,6 +74,9 @@ class WorkerProcess:
         self.pid: int | None = None
         self.info: dict[str, Any] = {}
         self.restarts = 0
+        # Consecutive starts that ended before the model loaded: the model cannot be served
+        # until one succeeds, so requests fail fast instead of waiting out their deadline.
+        self.failed_loads = 0
         self.last_error: str | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._ids = itertools.count(1)
@@ -97,6 +100,7 @@ class WorkerProcess:
             "state": self.state,
             "pid": self.pid,
             "restarts": self.restarts,
+            "failed_loads": self.failed_loads,
             "last_error": self.last_error,
             **({"model_file": self.info} if self.info else {}),
         }
@@ -136,9 +140,12 @@ class WorkerProcess:
             orjson.dumps(self._spec).decode(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             env=env,
             limit=_READ_LIMIT,
         )
+        assert process.stderr is not None
+        relay = asyncio.create_task(self._relay_output(process.stderr, process.pid))
         self._process = process
         self.pid = process.pid
         self._kill_reason = None
@@ -150,9 +157,11 @@ class WorkerProcess:
             except TimeoutError:
                 hello = {"type": "failed", "message": "did not load its model in time"}
             if hello.get("type") != "ready":
+                self.failed_loads += 1
                 self.last_error = hello.get("message", "exited while loading its model")
                 self._log.error("worker failed to start", error=self.last_error)
                 return
+            self.failed_loads = 0
             self.info = hello.get("info", {})
             self._log.info("worker ready", pid=process.pid, **self.info)
             self.state = "idle"
@@ -164,6 +173,15 @@ class WorkerProcess:
                 self._metrics.workers_up.labels(self.model).dec()
         finally:
             await self._reap(process)
+            await relay
+
+    async def _relay_output(self, stderr: asyncio.StreamReader, pid: int) -> None:
+        """What the worker's libraries print becomes structured log lines of the gateway."""
+        log = self._log.bind(pid=pid)
+        while line := await stderr.readline():
+            text = line.decode("utf-8", errors="replace").rstrip()
+            if text:
+                log.info("worker output", line=text[:2000])
 
     async def _read_replies(self, stdout: asyncio.StreamReader) -> None:
         while line := await stdout.readline():
