@@ -136,6 +136,11 @@ class SentenceTransformersModel(_ModelBase):
     workers: int = Field(1, ge=1, le=64, description="Worker processes (one request each).")
     threads: int = Field(1, ge=1, le=256, description="Torch threads per worker.")
     batch_size: int = Field(32, ge=1, description="Inputs encoded per forward pass.")
+    max_batch_inputs: int = Field(
+        256,
+        ge=1,
+        description="Waiting requests are merged into one worker call up to this many inputs.",
+    )
 
     @field_validator("path")
     @classmethod

@@ -129,9 +129,13 @@ class Pipeline:
         error: BaseException | None = None
         try:
             runner = self._route(call, "embeddings")
-            async with _deadline(call), runner.queue.lease(call.priority) as slot:
-                call.admitted_at = time.perf_counter()
-                result = await slot.backend.embed(request)
+            async with _deadline(call):
+                if runner.batcher is not None:
+                    result = await runner.batcher.embed(request, call.priority)
+                else:
+                    async with runner.queue.lease(call.priority) as slot:
+                        call.admitted_at = time.perf_counter()
+                        result = await slot.backend.embed(request)
             call.prompt_tokens = result.prompt_tokens
             return result
         except BaseException as exc:

@@ -82,3 +82,30 @@ def test_metrics_count_requests_and_queue(server: Server, client: openai.OpenAI)
     )
     assert "shipway_queue_wait_seconds_bucket" in text
     assert 'shipway_queue_depth{model="smollm2-135m"}' in text
+
+
+async def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server: Server) -> None:
+    import asyncio
+
+    texts = [f"sentence number {i} about {'cats' if i % 2 else 'engines'}" for i in range(24)]
+    async with httpx.AsyncClient(timeout=60) as client:
+        alone = (
+            await client.post(
+                server.base + "/v1/embeddings", json={"model": EMBED, "input": texts[5]}
+            )
+        ).json()
+        replies = await asyncio.gather(
+            *(
+                client.post(server.base + "/v1/embeddings", json={"model": EMBED, "input": [t, t]})
+                for t in texts
+            )
+        )
+    for text, reply in zip(texts, replies, strict=True):
+        body = reply.json()
+        assert reply.status_code == 200 and len(body["data"]) == 2
+        assert [row["index"] for row in body["data"]] == [0, 1]
+        if text == texts[5]:
+            assert np.allclose(
+                body["data"][0]["embedding"], alone["data"][0]["embedding"], atol=1e-5
+            )
+            assert body["usage"]["prompt_tokens"] == 2 * alone["usage"]["prompt_tokens"]

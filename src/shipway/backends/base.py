@@ -68,10 +68,11 @@ class EmbedRequest:
 
 @dataclass(frozen=True, slots=True)
 class EmbedResult:
-    """Vectors as float32 rows (``numpy.ndarray`` of shape (n, dim)) and prompt token count."""
+    """Vectors as float32 rows (``numpy.ndarray`` of shape (n, dim)) and prompt token counts."""
 
     vectors: Any
     prompt_tokens: int
+    token_counts: list[int] | None = None
 
 
 @runtime_checkable

@@ -39,7 +39,7 @@ class SentenceRunner:
             "max_input_tokens": self.max_tokens,
         }
 
-    def embed(self, request: dict[str, Any]) -> tuple[np.ndarray[Any, Any], int]:
+    def embed(self, request: dict[str, Any]) -> tuple[np.ndarray[Any, Any], list[int]]:
         inputs: list[str] = request["inputs"]
         dimensions = request.get("dimensions")
         if dimensions is not None and dimensions != self.dimensions:
@@ -64,4 +64,4 @@ class SentenceRunner:
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        return np.asarray(vectors, dtype=np.float32), sum(lengths)
+        return np.asarray(vectors, dtype=np.float32), lengths

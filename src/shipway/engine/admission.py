@@ -50,9 +50,12 @@ class AdmissionQueue:
         *,
         max_waiting: int,
         metrics: Metrics,
+        measured: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``measured=False`` when a batcher in front reports depth and wait for the model."""
         self.model = model
+        self._measured = measured
         self.max_waiting = max_waiting
         self._metrics = metrics
         self._clock = clock
@@ -63,7 +66,8 @@ class AdmissionQueue:
         self._waiting = 0
         self._capacity = 0
         self._service_ewma_s = 1.0
-        metrics.queue_depth.labels(model).set(0)
+        if measured:
+            metrics.queue_depth.labels(model).set(0)
 
     @property
     def waiting(self) -> int:
@@ -102,7 +106,7 @@ class AdmissionQueue:
 
     async def acquire(self, priority: Priority) -> Slot:
         if self._idle and self._waiting == 0:
-            self._metrics.queue_wait.labels(self.model).observe(0.0)
+            self._observe_wait(0.0)
             slot = self._idle.popleft()
             self._leased.add(id(slot))
             return slot
@@ -128,7 +132,7 @@ class AdmissionQueue:
             raise
         finally:
             self._set_waiting(-1)
-            self._metrics.queue_wait.labels(self.model).observe(self._clock() - started)
+            self._observe_wait(self._clock() - started)
             if len(self._heap) > 2 * self._waiting + 16:
                 self._heap = [entry for entry in self._heap if not entry[2].done()]
                 heapq.heapify(self._heap)
@@ -147,4 +151,9 @@ class AdmissionQueue:
 
     def _set_waiting(self, delta: int) -> None:
         self._waiting += delta
-        self._metrics.queue_depth.labels(self.model).set(self._waiting)
+        if self._measured:
+            self._metrics.queue_depth.labels(self.model).set(self._waiting)
+
+    def _observe_wait(self, seconds: float) -> None:
+        if self._measured:
+            self._metrics.queue_wait.labels(self.model).observe(seconds)

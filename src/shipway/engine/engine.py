@@ -23,6 +23,7 @@ from shipway.config import (
     ShipwaySettings,
 )
 from shipway.engine.admission import AdmissionQueue
+from shipway.engine.batcher import EmbeddingBatcher
 from shipway.engine.worker_process import WorkerProcess
 from shipway.errors import ConfigError, ModelNotFound, ModelUnavailable
 from shipway.telemetry.metrics import Metrics
@@ -57,9 +58,15 @@ class ModelRunner:
         self.alias = alias
         self.settings = settings
         self.queue_settings = settings.queue.resolve(app_settings.queue)
+        batched = isinstance(settings, SentenceTransformersModel)
         self.queue = AdmissionQueue(
-            alias, max_waiting=self.queue_settings.max_waiting, metrics=metrics
+            alias,
+            # With a batcher in front, its dispatcher is the queue's only client.
+            max_waiting=1 if batched else self.queue_settings.max_waiting,
+            metrics=metrics,
+            measured=not batched,
         )
+        self.batcher: EmbeddingBatcher | None = None
         self.workers: list[WorkerProcess] = []
         self.upstream: OpenAIHTTPBackend | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,6 +91,13 @@ class ModelRunner:
             assert isinstance(settings, SentenceTransformersModel)
             self.capabilities = frozenset({"embeddings"})
             spec = {"kind": "sentence_transformers", "batch_size": settings.batch_size}
+            self.batcher = EmbeddingBatcher(
+                alias,
+                self.queue,
+                max_waiting=self.queue_settings.max_waiting,
+                max_batch_inputs=settings.max_batch_inputs,
+                metrics=metrics,
+            )
         spec.update(path=str(settings.path) if settings.path else None, threads=settings.threads)
         self.workers = [
             WorkerProcess(
@@ -123,7 +137,13 @@ class ModelRunner:
             for worker in self.workers
         ]
 
+    @property
+    def waiting(self) -> int:
+        return self.batcher.waiting if self.batcher is not None else self.queue.waiting
+
     async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
         await asyncio.gather(*(worker.stop() for worker in self.workers))
         for task in self._tasks:
             task.cancel()
@@ -136,7 +156,7 @@ class ModelRunner:
             "ready": self.ready,
             "backend": self.settings.backend,
             "capabilities": sorted(self.capabilities),
-            "queue": {"waiting": self.queue.waiting, "max_waiting": self.queue.max_waiting},
+            "queue": {"waiting": self.waiting, "max_waiting": self.queue_settings.max_waiting},
         }
         if self.workers:
             out["workers"] = [worker.status() for worker in self.workers]

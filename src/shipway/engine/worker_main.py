@@ -75,14 +75,14 @@ def _serve(
                 )
                 channel.send({"id": request_id, "type": "done", **result})
             elif job["op"] == "embed":
-                vectors, prompt_tokens = runner.embed(job["request"])
+                vectors, token_counts = runner.embed(job["request"])
                 channel.send(
                     {
                         "id": request_id,
                         "type": "done",
                         "shape": list(vectors.shape),
                         "vectors": base64.b64encode(vectors.tobytes()).decode("ascii"),
-                        "prompt_tokens": prompt_tokens,
+                        "token_counts": token_counts,
                     }
                 )
             else:

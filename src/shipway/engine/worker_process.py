@@ -348,7 +348,8 @@ class WorkerProcess:
         async with contextlib.aclosing(self._exchange("embed", wire)) as replies:
             async for message in replies:
                 vectors = np.frombuffer(base64.b64decode(message["vectors"]), dtype=np.float32)
-                return EmbedResult(vectors.reshape(message["shape"]), message["prompt_tokens"])
+                counts = message["token_counts"]
+                return EmbedResult(vectors.reshape(message["shape"]), sum(counts), counts)
         raise ModelUnavailable(f"the worker for model {self.model!r} returned nothing")
 
 
