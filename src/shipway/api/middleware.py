@@ -48,7 +48,9 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            # Any log line written while serving this request carries its id.
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                await self.app(scope, receive, send_with_id)
         except Exception as exc:
             self.log.error(
                 "unhandled error", request_id=request_id, path=scope["path"], exc_info=exc
