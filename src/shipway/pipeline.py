@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,11 +89,23 @@ class Pipeline:
         call.deadline = asyncio.get_running_loop().time() + call.timeout_s
         return runner
 
+    @contextmanager
+    def _accounted(self, call: Call) -> Iterator[None]:
+        """The `account` stage: record outcome, timings and usage, whatever happens."""
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._account(call, error)
+
     def _account(self, call: Call, error: BaseException | None) -> None:
         call.finished_at = time.perf_counter()
         if isinstance(error, ShipwayError):
             call.status, call.error_code = error.status, error.code
-        elif isinstance(error, asyncio.CancelledError):
+        elif isinstance(error, asyncio.CancelledError | GeneratorExit):
             call.status, call.error_code = 499, "client_closed_request"
         elif error is not None:
             call.status, call.error_code = 500, "internal_error"
@@ -111,23 +124,16 @@ class Pipeline:
 
     # -- entry points -----------------------------------------------------------------------
     async def chat(self, call: Call, request: ChatRequest) -> dict[str, Any]:
-        error: BaseException | None = None
-        try:
+        with self._accounted(call):
             runner = self._route(call, "chat")
             async with _deadline(call), runner.queue.lease(call.priority) as slot:
                 call.admitted_at = time.perf_counter()
                 result = await slot.backend.chat(request)
             self._usage(call, result.get("usage"))
             return result
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._account(call, error)
 
     async def embed(self, call: Call, request: EmbedRequest) -> EmbedResult:
-        error: BaseException | None = None
-        try:
+        with self._accounted(call):
             runner = self._route(call, "embeddings")
             async with _deadline(call):
                 if runner.batcher is not None:
@@ -138,18 +144,12 @@ class Pipeline:
                         result = await slot.backend.embed(request)
             call.prompt_tokens = result.prompt_tokens
             return result
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._account(call, error)
 
     async def stream(
         self, call: Call, request: ChatRequest
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield chunks. Errors before the first chunk propagate before any byte is sent."""
-        error: BaseException | None = None
-        try:
+        with self._accounted(call):
             runner = self._route(call, "chat")
             async with _deadline(call):
                 lease = runner.queue.lease(call.priority)
@@ -175,11 +175,6 @@ class Pipeline:
                     await chunks.aclose()
             finally:
                 await lease.__aexit__(None, None, None)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self._account(call, error)
 
 
 class _deadline:
