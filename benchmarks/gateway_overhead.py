@@ -41,7 +41,7 @@ def main() -> None:
         __doc__.splitlines()[0],
         [("--loadgen", {"choices": ["auto", "wrk", "aiohttp"], "default": "auto"})],
     )
-    concurrencies = [16] if args.quick else [1, 16, 64]
+    concurrencies = [1, 16] if args.quick else [1, 16, 64]
     seconds, warmup = (2, 1) if args.quick else (10, 5)
     tool = "aiohttp" if args.loadgen == "aiohttp" or not loadgen.have_wrk() else "wrk"
     results: dict[tuple[str, int], dict[str, Any]] = {}
@@ -152,16 +152,13 @@ def print_report(
 
 def verdicts(results: dict[tuple[str, int], dict[str, Any]], concurrencies: list[int]) -> list[str]:
     """The issue's targets: the latency one at c=1 (no queueing), the throughput one at c>1."""
-    out = []
-    c = min(concurrencies)
-    overhead = results[("shipway", c)]["p50_ms"] - results[("direct", c)]["p50_ms"]
+    overhead = results[("shipway", 1)]["p50_ms"] - results[("direct", 1)]["p50_ms"]
     met = "met" if overhead <= TARGET_OVERHEAD_MS else "NOT met"
-    out.append(f"- p50 overhead at concurrency {c}: {overhead:.2f} ms (target ≤ 1.5 ms): {met}")
-    for c in concurrencies:
-        if c > 1 or len(concurrencies) == 1:
-            ratio = results[("shipway", c)]["rps"] / results[("bare-aiohttp", c)]["rps"]
-            met = "met" if ratio >= TARGET_RATIO else "NOT met"
-            out.append(f"- req/s vs bare forwarder at concurrency {c}: {ratio:.0%} (≥ 70%): {met}")
+    out = [f"- p50 overhead at concurrency 1: {overhead:.2f} ms (target ≤ 1.5 ms): {met}"]
+    for c in concurrencies[1:]:
+        ratio = results[("shipway", c)]["rps"] / results[("bare-aiohttp", c)]["rps"]
+        met = "met" if ratio >= TARGET_RATIO else "NOT met"
+        out.append(f"- req/s vs bare forwarder at concurrency {c}: {ratio:.0%} (≥ 70%): {met}")
     return out
 
 

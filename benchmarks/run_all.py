@@ -23,8 +23,7 @@ from _common import BENCH_DIR, ROOT, log
 SCRIPTS = ["gateway_overhead.py", "embedded_chat.py", "embeddings.py", "startup.py"]
 DOC = ROOT / "docs" / "performance.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-BUSY_LOAD = 0.5  # 1-minute load average above which a run is marked preliminary
-BUSY_OTHERS = 0.10  # share of the machine's CPU used by other processes, ditto
+BUSY_OTHERS = 0.10  # share of the CPU used by other processes that makes a run preliminary
 
 
 def busy_cpu_s() -> float:
@@ -57,6 +56,15 @@ def machine() -> str:
     )
 
 
+def code_version() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout
+
+    commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    dirty = [line for line in git("status", "--porcelain", "src").splitlines() if line]
+    return f"commit `{commit}`" + (" plus uncommitted changes in src/" if dirty else "")
+
+
 def run(script: str, quick: bool) -> tuple[str, float]:
     """Run one benchmark; return its markdown and the share of CPU others used meanwhile."""
     argv = [sys.executable, str(BENCH_DIR / script), *(["--quick"] if quick else [])]
@@ -83,6 +91,7 @@ def main() -> None:
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
+    version = code_version()
     started = time.monotonic()
     outcomes = {script: run(script, args.quick) for script in SCRIPTS}
     blocks = [block for block, _ in outcomes.values()]
@@ -95,16 +104,15 @@ def main() -> None:
         f"Run on {time.strftime('%Y-%m-%d %H:%M %Z')}, {mode}, {minutes:.1f} min in all.",
         "",
         f"- Machine: {machine()}.",
+        f"- Code: {version} (when the run started).",
         f"- 1-minute load average before the run: {load_before:.2f}.",
         f"- Share of the machine's CPU used by processes other than the benchmarks: {others}.",
         f"- Command: `python benchmarks/run_all.py{' --quick' if args.quick else ''}` "
         "(each section names its own command).",
     ]
     reasons = ["smoke-mode numbers"] if args.quick else []
-    if load_before > BUSY_LOAD:
-        reasons.append("the machine was busy when the run started")
     if busiest > BUSY_OTHERS:
-        reasons.append("other processes used the CPU during the run")
+        reasons.append(f"other processes used over {BUSY_OTHERS:.0%} of the CPU during the run")
     if reasons:
         header.append(f"- **Preliminary**: {'; '.join(reasons)}.")
     if args.note:
