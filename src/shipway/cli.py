@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -66,7 +67,7 @@ def serve(
         http="httptools",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.server.drain_timeout_s),
+        timeout_graceful_shutdown=math.ceil(settings.server.drain_timeout_s),
     )
 
 

@@ -109,13 +109,15 @@ class Pipeline:
             call.status, call.error_code = 499, "client_closed_request"
         elif error is not None:
             call.status, call.error_code = 500, "internal_error"
-        m = self.metrics
-        m.requests.labels(call.model, call.endpoint, str(call.status)).inc()
-        m.latency.labels(call.model, call.endpoint).observe(call.finished_at - call.received_at)
+        # A client can name any model; only served ones become label values.
+        model = call.model if call.model in self.engine.runners else "(unknown)"
+        m = self.metrics.for_call(model, call.endpoint)
+        m.finished(call.status)
+        m.latency.observe(call.finished_at - call.received_at)
         if call.prompt_tokens:
-            m.tokens.labels(call.model, "prompt").inc(call.prompt_tokens)
+            m.prompt_tokens.inc(call.prompt_tokens)
         if call.completion_tokens:
-            m.tokens.labels(call.model, "completion").inc(call.completion_tokens)
+            m.completion_tokens.inc(call.completion_tokens)
 
     def _usage(self, call: Call, usage: dict[str, Any] | None) -> None:
         if usage:

@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 
 from shipway.api.errors import exception_handlers
 from shipway.api.health import HealthRoutes
-from shipway.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from shipway.api.middleware import RequestMiddleware
 from shipway.api.openai_routes import OpenAIRoutes
 from shipway.config import ShipwaySettings
 from shipway.engine.engine import Engine
@@ -52,8 +52,11 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         *HealthRoutes(engine, metrics, draining=lambda: draining).routes(),
     ]
     middleware = [
-        Middleware(RequestContextMiddleware, access_log=settings.server.access_log),
-        Middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes),
+        Middleware(
+            RequestMiddleware,
+            access_log=settings.server.access_log,
+            max_body_bytes=settings.server.max_body_bytes,
+        ),
     ]
     app = Starlette(
         routes=routes,

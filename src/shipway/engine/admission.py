@@ -17,7 +17,7 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from enum import IntEnum
 from typing import Protocol
 
@@ -60,14 +60,17 @@ class AdmissionQueue:
         self._metrics = metrics
         self._clock = clock
         self._idle: deque[Slot] = deque()
+        self._idle_ids: set[int] = set()
         self._leased: set[int] = set()
         self._heap: list[tuple[int, int, asyncio.Future[Slot]]] = []
         self._seq = itertools.count()
         self._waiting = 0
         self._capacity = 0
         self._service_ewma_s = 1.0
+        self._depth_gauge = metrics.queue_depth.labels(model)
+        self._wait_histogram = metrics.queue_wait.labels(model)
         if measured:
-            metrics.queue_depth.labels(model).set(0)
+            self._depth_gauge.set(0)
 
     @property
     def waiting(self) -> int:
@@ -85,7 +88,7 @@ class AdmissionQueue:
 
         A slot still under lease is not offered here; the lease offers it when it ends.
         """
-        if id(slot) in self._leased or slot in self._idle:
+        if id(slot) in self._leased or id(slot) in self._idle_ids:
             return
         while self._heap:
             _, _, future = heapq.heappop(self._heap)
@@ -94,10 +97,12 @@ class AdmissionQueue:
                 future.set_result(slot)
                 return
         self._idle.append(slot)
+        self._idle_ids.add(id(slot))
 
     def withdraw(self, slot: Slot) -> None:
         """Forget an idle slot that can no longer serve (its worker died)."""
-        with suppress(ValueError):
+        if id(slot) in self._idle_ids:
+            self._idle_ids.discard(id(slot))
             self._idle.remove(slot)
 
     def retry_after_s(self) -> int:
@@ -108,6 +113,7 @@ class AdmissionQueue:
         if self._idle and self._waiting == 0:
             self._observe_wait(0.0)
             slot = self._idle.popleft()
+            self._idle_ids.discard(id(slot))
             self._leased.add(id(slot))
             return slot
         if self._waiting >= self.max_waiting:
@@ -152,8 +158,8 @@ class AdmissionQueue:
     def _set_waiting(self, delta: int) -> None:
         self._waiting += delta
         if self._measured:
-            self._metrics.queue_depth.labels(self.model).set(self._waiting)
+            self._depth_gauge.set(self._waiting)
 
     def _observe_wait(self, seconds: float) -> None:
         if self._measured:
-            self._metrics.queue_wait.labels(self.model).observe(seconds)
+            self._wait_histogram.observe(seconds)

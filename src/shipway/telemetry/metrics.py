@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics"]
+__all__ = ["CallMetrics", "Metrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -64,6 +66,7 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self._per_call: dict[tuple[str, str], CallMetrics] = {}
         self.workers_up = Gauge(
             "shipway_workers_up",
             "Worker processes with their model loaded.",
@@ -71,5 +74,31 @@ class Metrics:
             registry=r,
         )
 
+    def for_call(self, model: str, endpoint: str) -> CallMetrics:
+        """The labelled children a call updates, looked up once per (model, endpoint)."""
+        key = (model, endpoint)
+        found = self._per_call.get(key)
+        if found is None:
+            found = self._per_call[key] = CallMetrics(self, model, endpoint)
+        return found
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CallMetrics:
+    def __init__(self, metrics: Metrics, model: str, endpoint: str) -> None:
+        self._requests = metrics.requests
+        self._model, self._endpoint = model, endpoint
+        self._by_status: dict[int, Any] = {}
+        self.latency = metrics.latency.labels(model, endpoint)
+        self.prompt_tokens = metrics.tokens.labels(model, "prompt")
+        self.completion_tokens = metrics.tokens.labels(model, "completion")
+
+    def finished(self, status: int) -> None:
+        counter = self._by_status.get(status)
+        if counter is None:
+            counter = self._by_status[status] = self._requests.labels(
+                self._model, self._endpoint, str(status)
+            )
+        counter.inc()
