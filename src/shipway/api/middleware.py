@@ -9,9 +9,9 @@ layer costs a few microseconds on every request.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import structlog
@@ -42,7 +42,7 @@ class RequestMiddleware:
                 incoming = value.decode("latin-1")
             elif key == b"content-length":
                 declared = value
-        request_id = incoming if incoming and _CLIENT_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _CLIENT_ID.match(incoming) else os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500

@@ -64,7 +64,7 @@ class OpenAIRoutes:
         body = parse_body(ChatCompletionBody, raw)
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         chat = ChatRequest(
-            messages=[m.model_dump(exclude_none=True) for m in body.messages],
+            messages=raw["messages"],  # validated above; kept as sent, for any backend
             max_tokens=body.max_completion_tokens
             if body.max_completion_tokens is not None
             else body.max_tokens,

@@ -16,8 +16,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Protocol
 
@@ -143,17 +142,15 @@ class AdmissionQueue:
                 self._heap = [entry for entry in self._heap if not entry[2].done()]
                 heapq.heapify(self._heap)
 
-    @asynccontextmanager
-    async def lease(self, priority: Priority) -> AsyncIterator[Slot]:
-        slot = await self.acquire(priority)
-        started = self._clock()
-        try:
-            yield slot
-        finally:
-            self._leased.discard(id(slot))
-            if slot.ready:
-                self.offer(slot)
-            self._service_ewma_s = 0.8 * self._service_ewma_s + 0.2 * (self._clock() - started)
+    def lease(self, priority: Priority) -> _Lease:
+        """``async with queue.lease(priority) as slot``: wait for a slot, give it back after."""
+        return _Lease(self, priority)
+
+    def _returned(self, slot: Slot, held_s: float) -> None:
+        self._leased.discard(id(slot))
+        if slot.ready:
+            self.offer(slot)
+        self._service_ewma_s = 0.8 * self._service_ewma_s + 0.2 * held_s
 
     def _set_waiting(self, delta: int) -> None:
         self._waiting += delta
@@ -163,3 +160,21 @@ class AdmissionQueue:
     def _observe_wait(self, seconds: float) -> None:
         if self._measured:
             self._wait_histogram.observe(seconds)
+
+
+class _Lease:
+    """A slot held for one request (a plain class: this is on every request's path)."""
+
+    __slots__ = ("_priority", "_queue", "_slot", "_started")
+
+    def __init__(self, queue: AdmissionQueue, priority: Priority) -> None:
+        self._queue = queue
+        self._priority = priority
+
+    async def __aenter__(self) -> Slot:
+        self._slot = await self._queue.acquire(self._priority)
+        self._started = self._queue._clock()
+        return self._slot
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._queue._returned(self._slot, self._queue._clock() - self._started)
