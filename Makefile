@@ -31,7 +31,7 @@ serve: $(STAMP_RUN)
 	@echo "==> shipway serve on http://$(HOST):$(PORT)/v1  (Ctrl-C to stop)"
 	$(BIN)/shipway serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP_DEV)
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-fast: $(STAMP_DEV)
