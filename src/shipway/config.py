@@ -166,6 +166,12 @@ class OpenAIUpstreamModel(_ModelBase):
     max_connections: int = Field(
         100, ge=1, description="Pooled keep-alive connections to the upstream."
     )
+    keepalive_s: float = Field(
+        4.0,
+        gt=0,
+        description="Idle pooled connections close after this; keep it below the upstream's "
+        "own keep-alive (uvicorn-based servers such as vLLM: 5 s).",
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -27,7 +27,7 @@ from shipway.engine.engine import Engine, ModelRunner
 from shipway.errors import DeadlineExceeded, InvalidRequest, ShipwayError
 from shipway.telemetry.metrics import Metrics
 
-__all__ = ["Call", "Pipeline"]
+__all__ = ["Call", "Pipeline", "carries_output"]
 
 
 @dataclass(slots=True)
@@ -139,7 +139,7 @@ class Pipeline:
             runner = self._route(call, "embeddings")
             async with _deadline(call):
                 if runner.batcher is not None:
-                    result = await runner.batcher.embed(request, call.priority)
+                    result = await runner.batcher.embed(request, call.priority, call.deadline)
                 else:
                     async with runner.queue.lease(call.priority) as slot:
                         call.admitted_at = time.perf_counter()
@@ -166,7 +166,7 @@ class Pipeline:
                                 chunk = await anext(chunks)
                             except StopAsyncIteration:
                                 break
-                        if call.first_chunk_at is None:
+                        if call.first_chunk_at is None and carries_output(chunk):
                             call.first_chunk_at = time.perf_counter()
                             self.metrics.time_to_first_token.labels(call.model).observe(
                                 call.first_chunk_at - call.received_at
@@ -177,6 +177,15 @@ class Pipeline:
                     await chunks.aclose()
             finally:
                 await lease.__aexit__(None, None, None)
+
+
+def carries_output(chunk: dict[str, Any]) -> bool:
+    """A stream chunk with generated content, a finish reason or usage (not just a role)."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls"):
+            return True
+    return bool(chunk.get("usage"))
 
 
 class _deadline:

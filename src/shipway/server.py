@@ -33,11 +33,9 @@ def build_app(settings: ShipwaySettings) -> Starlette:
     metrics = Metrics()
     engine = Engine(settings, metrics, secrets=os.environ)
     pipeline = Pipeline(engine, metrics)
-    draining = False
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        nonlocal draining
         await engine.start()
         # Everything built so far lives as long as the process: move it out of the cyclic
         # GC's sight so full collections stop re-walking it under load.
@@ -47,14 +45,13 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         try:
             yield
         finally:
-            draining = True
             log.info("shutting down: stopping workers")
             await engine.stop()
 
     owned_by = {alias: model.owned_by for alias, model in settings.models.items()}
     routes = [
         *OpenAIRoutes(pipeline, owned_by).routes(),
-        *HealthRoutes(engine, metrics, draining=lambda: draining).routes(),
+        *HealthRoutes(engine, metrics).routes(),
     ]
     middleware = [
         Middleware(

@@ -61,6 +61,20 @@ def test_unparseable_bodies(server: Server, content: bytes, needle: str) -> None
         ({"model": CHAT, "messages": OK_MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": CHAT, "messages": OK_MESSAGES, "top_logprobs": 3}, "top_logprobs"),
         ({"model": 5, "messages": OK_MESSAGES}, "model"),
+        ({"model": CHAT, "messages": OK_MESSAGES, "n": "2"}, "n"),
+        ({"model": CHAT, "messages": OK_MESSAGES, "logprobs": 1}, "logprobs"),
+        ({"model": CHAT, "messages": OK_MESSAGES, "modalities": 5}, "modalities"),
+        (
+            {
+                "model": CHAT,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": 123}]}],
+            },
+            "messages[0].content",
+        ),
+        (
+            {"model": CHAT, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages[0].content",
+        ),
     ],
 )
 def test_wrong_types_and_missing_fields_name_the_param(

@@ -172,3 +172,14 @@ async def test_queue_wait_is_measured(queue_server: Server) -> None:
         assert _metric(text, f'shipway_queue_wait_seconds_count{{model="{CHAT}"}}') > 0
         assert _metric(text, f'shipway_queue_rejected_total{{model="{CHAT}"}}') >= 1
         assert _metric(text, f'shipway_queue_depth{{model="{CHAT}"}}') == 0
+
+
+async def test_disconnected_streaming_client_leaves_the_queue(queue_server: Server) -> None:
+    async with httpx.AsyncClient(timeout=120) as client:
+        running = asyncio.create_task(client.post(_url(queue_server), json=LONG))
+        await _wait_for_queue(queue_server, client, 0)
+        async with httpx.AsyncClient(timeout=0.5) as impatient:
+            with pytest.raises(httpx.ReadTimeout):
+                await impatient.post(_url(queue_server), json={**SHORT, "stream": True})
+        await _wait_for_queue(queue_server, client, 0)  # gone while the worker is still busy
+        assert (await running).status_code == 200

@@ -120,10 +120,32 @@ def test_upstream_failures_are_mapped(gateway: Server, model: str, status: int, 
         assert response.headers["retry-after"] == "7"
 
 
-def test_stream_that_fails_before_content_gets_a_status(gateway: Server) -> None:
-    body = {"model": "up-500", "messages": [{"role": "user", "content": "x"}], "stream": True}
+@pytest.mark.parametrize("model", ["up-500", "up-garbage"])
+def test_stream_that_fails_before_content_gets_a_status(gateway: Server, model: str) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "x"}], "stream": True}
     response = httpx.post(gateway.base + "/v1/chat/completions", json=body, timeout=30)
     assert response.status_code == 502
+    assert model in response.json()["error"]["message"]
+
+
+def test_huge_stream_events_are_relayed(client: openai.OpenAI) -> None:
+    word = "w" * 700_000  # one SSE line far over aiohttp's own line limit
+    chunks = list(
+        client.chat.completions.create(
+            model="up", messages=[{"role": "user", "content": word}], stream=True
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == f"echo: {word}"
+
+
+def test_nesting_deeper_than_can_be_forwarded_is_a_400(gateway: Server) -> None:
+    deep: object = "x"
+    for _ in range(300):
+        deep = [deep]
+    body = {"model": "up", "messages": [{"role": "user", "content": "x"}], "metadata": deep}
+    response = httpx.post(gateway.base + "/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400
 
 
 @pytest.mark.parametrize("model", ["up-break", "up-error-stream"])

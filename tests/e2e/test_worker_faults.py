@@ -129,3 +129,25 @@ def test_model_that_cannot_load_fails_fast_with_the_reason(tmp_path: Path) -> No
         assert response.headers["retry-after"] == "30"
     finally:
         server.stop()
+
+
+async def test_hung_embedding_worker_is_killed_and_replaced(fault_server: Server) -> None:
+    url = fault_server.base + "/v1/embeddings"
+    async with httpx.AsyncClient(timeout=60) as client:
+        status = (await client.get(fault_server.base + "/readyz")).json()
+        before = status["models"]["all-minilm-l6-v2"]["workers"][0]
+        os.kill(before["pid"], signal.SIGSTOP)
+        late = await client.post(
+            url, json={"model": "all-minilm-l6-v2", "input": "x", "timeout": 0.5}
+        )
+        assert late.status_code == 504
+        for _ in range(200):
+            status = (await client.get(fault_server.base + "/readyz")).json()
+            after = status["models"]["all-minilm-l6-v2"]["workers"][0]
+            if after["pid"] != before["pid"] and after["state"] == "idle":
+                break
+            await asyncio.sleep(0.1)
+        assert after["pid"] != before["pid"], after
+        assert "did not stop" in after["last_error"]
+        served = await client.post(url, json={"model": "all-minilm-l6-v2", "input": "x"})
+        assert served.status_code == 200

@@ -122,3 +122,21 @@ async def test_withdrawn_slot_is_not_handed_out() -> None:
     queue.offer(slot)
     queue.withdraw(slot)
     assert queue.idle == 0
+
+
+async def test_a_returned_slot_is_not_stranded_by_a_cancelled_waiter() -> None:
+    """A waiter cancelled in the same loop turn as a slot comes back must not strand the slot."""
+    queue = _queue()
+    slot = FakeSlot("only")
+    queue.offer(slot)
+    async with queue.lease(Priority.NORMAL):
+        doomed = asyncio.create_task(queue.acquire(Priority.NORMAL))
+        await asyncio.sleep(0)
+
+        async def newcomer() -> object:
+            async with asyncio.timeout(1.0):
+                return await queue.acquire(Priority.NORMAL)
+
+        late = asyncio.create_task(newcomer())
+        doomed.cancel()
+    assert await late is slot

@@ -6,8 +6,10 @@ import pytest
 from shipway.backends.base import EmbedRequest, EmbedResult
 from shipway.engine.admission import AdmissionQueue, Priority
 from shipway.engine.batcher import EmbeddingBatcher
-from shipway.errors import ContextLengthExceeded, QueueFull
+from shipway.errors import ContextLengthExceeded, DeadlineExceeded, QueueFull, ShipwayError
 from shipway.telemetry.metrics import Metrics
+
+FAR = float("inf")  # no deadline
 
 
 class RecordingEmbedder:
@@ -18,6 +20,8 @@ class RecordingEmbedder:
         self.gate = asyncio.Event()
         self.gate.set()
         self.ready = True
+        self.cancelled = 0
+        self.explode = False
 
     @property
     def backend(self) -> "RecordingEmbedder":
@@ -25,7 +29,13 @@ class RecordingEmbedder:
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         self.calls.append(list(request.inputs))
-        await self.gate.wait()
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.explode:
+            raise KeyError("malformed reply")
         if any(text == "too long" for text in request.inputs):
             raise ContextLengthExceeded("input too long", param="input")
         vectors = np.array([[len(t), i] for i, t in enumerate(request.inputs)], dtype=np.float32)
@@ -48,10 +58,10 @@ def _setup(
 async def test_requests_waiting_for_a_busy_worker_share_one_call() -> None:
     batcher, worker = _setup()
     worker.gate.clear()
-    first = asyncio.create_task(batcher.embed(EmbedRequest(["a"]), Priority.NORMAL))
+    first = asyncio.create_task(batcher.embed(EmbedRequest(["a"]), Priority.NORMAL, FAR))
     await asyncio.sleep(0.01)  # the first batch is running and holds the worker
     rest = [
-        asyncio.create_task(batcher.embed(EmbedRequest([t]), Priority.NORMAL))
+        asyncio.create_task(batcher.embed(EmbedRequest([t]), Priority.NORMAL, FAR))
         for t in ("bb", "ccc", "dddd")
     ]
     await asyncio.sleep(0.01)
@@ -67,11 +77,11 @@ async def test_requests_waiting_for_a_busy_worker_share_one_call() -> None:
 async def test_batches_take_high_priority_first_and_respect_the_input_cap() -> None:
     batcher, worker = _setup(max_batch_inputs=3)
     worker.gate.clear()
-    blocker = asyncio.create_task(batcher.embed(EmbedRequest(["x"]), Priority.NORMAL))
+    blocker = asyncio.create_task(batcher.embed(EmbedRequest(["x"]), Priority.NORMAL, FAR))
     await asyncio.sleep(0.01)
-    low = asyncio.create_task(batcher.embed(EmbedRequest(["l1", "l2"]), Priority.LOW))
-    high = asyncio.create_task(batcher.embed(EmbedRequest(["h1", "h2"]), Priority.HIGH))
-    norm = asyncio.create_task(batcher.embed(EmbedRequest(["n1"]), Priority.NORMAL))
+    low = asyncio.create_task(batcher.embed(EmbedRequest(["l1", "l2"]), Priority.LOW, FAR))
+    high = asyncio.create_task(batcher.embed(EmbedRequest(["h1", "h2"]), Priority.HIGH, FAR))
+    norm = asyncio.create_task(batcher.embed(EmbedRequest(["n1"]), Priority.NORMAL, FAR))
     await asyncio.sleep(0.01)
     worker.gate.set()
     await asyncio.gather(blocker, low, high, norm)
@@ -82,12 +92,12 @@ async def test_batches_take_high_priority_first_and_respect_the_input_cap() -> N
 async def test_full_batcher_refuses() -> None:
     batcher, worker = _setup(max_waiting=1)
     worker.gate.clear()
-    running = asyncio.create_task(batcher.embed(EmbedRequest(["a"]), Priority.NORMAL))
+    running = asyncio.create_task(batcher.embed(EmbedRequest(["a"]), Priority.NORMAL, FAR))
     await asyncio.sleep(0.01)
-    waiting = asyncio.create_task(batcher.embed(EmbedRequest(["b"]), Priority.NORMAL))
+    waiting = asyncio.create_task(batcher.embed(EmbedRequest(["b"]), Priority.NORMAL, FAR))
     await asyncio.sleep(0.01)
     with pytest.raises(QueueFull):
-        await batcher.embed(EmbedRequest(["c"]), Priority.HIGH)
+        await batcher.embed(EmbedRequest(["c"]), Priority.HIGH, FAR)
     worker.gate.set()
     await asyncio.gather(running, waiting)
 
@@ -95,10 +105,10 @@ async def test_full_batcher_refuses() -> None:
 async def test_a_bad_input_fails_only_its_own_request() -> None:
     batcher, worker = _setup()
     worker.gate.clear()
-    blocker = asyncio.create_task(batcher.embed(EmbedRequest(["x"]), Priority.NORMAL))
+    blocker = asyncio.create_task(batcher.embed(EmbedRequest(["x"]), Priority.NORMAL, FAR))
     await asyncio.sleep(0.01)
-    good = asyncio.create_task(batcher.embed(EmbedRequest(["fine"]), Priority.NORMAL))
-    bad = asyncio.create_task(batcher.embed(EmbedRequest(["too long"]), Priority.NORMAL))
+    good = asyncio.create_task(batcher.embed(EmbedRequest(["fine"]), Priority.NORMAL, FAR))
+    bad = asyncio.create_task(batcher.embed(EmbedRequest(["too long"]), Priority.NORMAL, FAR))
     await asyncio.sleep(0.01)
     worker.gate.set()
     await blocker
@@ -110,10 +120,10 @@ async def test_a_bad_input_fails_only_its_own_request() -> None:
 async def test_cancelled_waiter_is_skipped() -> None:
     batcher, worker = _setup()
     worker.gate.clear()
-    blocker = asyncio.create_task(batcher.embed(EmbedRequest(["x"]), Priority.NORMAL))
+    blocker = asyncio.create_task(batcher.embed(EmbedRequest(["x"]), Priority.NORMAL, FAR))
     await asyncio.sleep(0.01)
-    gone = asyncio.create_task(batcher.embed(EmbedRequest(["gone"]), Priority.NORMAL))
-    kept = asyncio.create_task(batcher.embed(EmbedRequest(["kept"]), Priority.NORMAL))
+    gone = asyncio.create_task(batcher.embed(EmbedRequest(["gone"]), Priority.NORMAL, FAR))
+    kept = asyncio.create_task(batcher.embed(EmbedRequest(["kept"]), Priority.NORMAL, FAR))
     await asyncio.sleep(0.01)
     gone.cancel()
     await asyncio.sleep(0)
@@ -122,3 +132,32 @@ async def test_cancelled_waiter_is_skipped() -> None:
     await asyncio.gather(blocker, kept)
     assert worker.calls == [["x"], ["kept"]]
     assert batcher.waiting == 0
+
+
+async def test_a_batch_past_every_deadline_is_cancelled_and_settled() -> None:
+    batcher, worker = _setup()
+    worker.gate.clear()  # a hung worker
+    deadline = asyncio.get_running_loop().time() + 0.05
+    with pytest.raises(DeadlineExceeded):
+        await batcher.embed(EmbedRequest(["a"]), Priority.NORMAL, deadline)
+    await asyncio.sleep(0.01)
+    assert worker.cancelled == 1  # the worker call itself was cancelled, not just abandoned
+
+
+async def test_an_unexpected_error_settles_every_client_in_the_batch() -> None:
+    batcher, worker = _setup()
+    worker.gate.clear()
+    blocker = asyncio.create_task(batcher.embed(EmbedRequest(["x"]), Priority.NORMAL, FAR))
+    await asyncio.sleep(0.01)
+    worker.explode = True
+    riders = [
+        asyncio.create_task(batcher.embed(EmbedRequest([t]), Priority.NORMAL, FAR))
+        for t in ("a", "b")
+    ]
+    await asyncio.sleep(0.01)
+    worker.gate.set()
+    with pytest.raises(ShipwayError):
+        await blocker
+    for rider in riders:
+        with pytest.raises(ShipwayError):
+            await asyncio.wait_for(rider, 1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,10 +14,9 @@ __all__ = ["HealthRoutes"]
 
 
 class HealthRoutes:
-    def __init__(self, engine: Engine, metrics: Metrics, draining: Callable[[], bool]) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics) -> None:
         self.engine = engine
         self.metrics = metrics
-        self.draining = draining
 
     def routes(self) -> list[Route]:
         return [
@@ -32,9 +29,8 @@ class HealthRoutes:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(self, request: Request) -> Response:
-        draining = self.draining()
-        ready = self.engine.ready and not draining
-        body = {"ready": ready, "draining": draining, "models": self.engine.status()}
+        ready = self.engine.ready
+        body = {"ready": ready, "models": self.engine.status()}
         return Response(
             orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
         )

@@ -28,7 +28,7 @@ from shipway.api.http_input import (
 from shipway.api.schemas import ChatCompletionBody, EmbeddingBody, parse_body
 from shipway.backends.base import ChatRequest, EmbedRequest
 from shipway.errors import InvalidRequest, ShipwayError
-from shipway.pipeline import Call, Pipeline
+from shipway.pipeline import Call, Pipeline, carries_output
 
 __all__ = ["OpenAIRoutes"]
 
@@ -87,7 +87,7 @@ class OpenAIRoutes:
         }
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await self._stream(call, chat, stamp, include_usage)
+            return await self._stream(request, call, chat, stamp, include_usage)
         try:
             result = await unless_disconnected(request, self.pipeline.chat(call, chat))
         except ClientGone:
@@ -97,15 +97,19 @@ class OpenAIRoutes:
         return _json(result)
 
     async def _stream(
-        self, call: Call, chat: ChatRequest, stamp: dict[str, Any], include_usage: bool
+        self,
+        request: Request,
+        call: Call,
+        chat: ChatRequest,
+        stamp: dict[str, Any],
+        include_usage: bool,
     ) -> Response:
         chunks = self.pipeline.stream(call, chat)
-        held: list[dict[str, Any]] = []
         try:
-            async for chunk in chunks:
-                held.append(chunk)
-                if _has_substance(chunk):
-                    break
+            held = await unless_disconnected(request, _hold_until_output(chunks))
+        except ClientGone:
+            await chunks.aclose()
+            return Response(status_code=_CLIENT_CLOSED)
         except BaseException:
             await chunks.aclose()
             raise
@@ -181,12 +185,15 @@ class OpenAIRoutes:
         return call
 
 
-def _has_substance(chunk: dict[str, Any]) -> bool:
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls"):
-            return True
-    return bool(chunk.get("usage"))
+async def _hold_until_output(
+    chunks: AsyncGenerator[dict[str, Any], None],
+) -> list[dict[str, Any]]:
+    held: list[dict[str, Any]] = []
+    async for chunk in chunks:
+        held.append(chunk)
+        if carries_output(chunk):
+            break
+    return held
 
 
 async def _sse(

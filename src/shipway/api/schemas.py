@@ -19,7 +19,8 @@ __all__ = ["ChatCompletionBody", "EmbeddingBody", "parse_body"]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Strict, as OpenAI is: "2" is not a number and 1 is not a boolean.
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class Message(_Body):
@@ -34,6 +35,8 @@ class Message(_Body):
             for part in value:
                 if "type" not in part:
                     raise ValueError("each content part needs a `type`")
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise ValueError("a text content part needs `text` as a string")
         return value
 
 
@@ -60,6 +63,7 @@ class ChatCompletionBody(_Body):
     timeout: Annotated[float, Field(gt=0)] | None = None
     user: str | None = None
     ignore_eos: bool | None = None
+    modalities: list[str] | None = None
 
     @field_validator("top_logprobs")
     @classmethod

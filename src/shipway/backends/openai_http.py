@@ -18,10 +18,12 @@ import orjson
 
 from shipway.backends.base import Backend, ChatRequest, EmbedRequest, EmbedResult
 from shipway.config import OpenAIUpstreamModel
-from shipway.errors import DeadlineExceeded, UpstreamError
+from shipway.errors import DeadlineExceeded, InvalidRequest, UpstreamError
 
 __all__ = ["OpenAIHTTPBackend"]
 
+_MAX_SSE_LINE = 16 * 1024 * 1024
+_MAX_ERROR_BODY = 64 * 1024
 _PASSED_THROUGH = {400, 404, 409, 413, 415, 422, 429}
 
 
@@ -45,7 +47,9 @@ class OpenAIHTTPBackend:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
-            limit=self.settings.max_connections, keepalive_timeout=30, ttl_dns_cache=300
+            limit=self.settings.max_connections,
+            keepalive_timeout=self.settings.keepalive_s,
+            ttl_dns_cache=300,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -64,28 +68,32 @@ class OpenAIHTTPBackend:
     def _body(self, body: dict[str, Any], **changes: Any) -> bytes:
         out = {k: v for k, v in body.items() if k != "timeout"}
         out.update(model=self.upstream_model, **changes)
-        return orjson.dumps(out)
+        try:
+            return orjson.dumps(out)
+        except orjson.JSONEncodeError as exc:  # e.g. nested deeper than orjson writes
+            raise InvalidRequest(f"the request body cannot be forwarded: {exc}") from None
 
     async def _post(self, path: str, data: bytes) -> aiohttp.ClientResponse:
         assert self._session is not None, "start() the backend first"
         try:
             response = await self._session.post(self._url(path), data=data)
-        except (aiohttp.ClientConnectionError, OSError) as exc:
+        except TimeoutError as exc:  # before OSError: TimeoutError is one
+            raise DeadlineExceeded(
+                f"connecting to the upstream of {self.alias!r} at {self.settings.base_url} "
+                f"took over {self.settings.connect_timeout_s:g}s"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(
                 f"cannot reach the upstream of model {self.alias!r} at "
-                f"{self.settings.base_url}: {exc}",
+                f"{self.settings.base_url}: {exc!r}",
                 status=502,
-            ) from exc
-        except TimeoutError as exc:
-            raise DeadlineExceeded(
-                f"connecting to the upstream of {self.alias!r} timed out"
             ) from exc
         if response.status >= 400:
             await self._raise_for(response)
         return response
 
     async def _raise_for(self, response: aiohttp.ClientResponse) -> None:
-        raw = await response.read()
+        raw = await response.content.read(_MAX_ERROR_BODY)  # an error page can be huge
         response.release()
         message = raw.decode("utf-8", errors="replace")[:500]
         code: str | None = None
@@ -135,7 +143,13 @@ class OpenAIHTTPBackend:
             "chat/completions", self._body(request.body, stream=True, stream_options=options)
         )
         try:
-            async for line in response.content:
+            if response.content_type != "text/event-stream":
+                raise UpstreamError(
+                    f"upstream of model {self.alias!r} answered a stream request with "
+                    f"{response.content_type!r}, not text/event-stream"
+                )
+            finished = False
+            async for line in _sse_lines(response.content, self.alias):
                 if not line.startswith(b"data:"):
                     continue
                 payload = line[5:].strip()
@@ -148,10 +162,17 @@ class OpenAIHTTPBackend:
                     raise UpstreamError(
                         f"upstream of model {self.alias!r} failed mid-stream: {detail}"
                     )
+                finished = finished or any(
+                    c.get("finish_reason") for c in chunk.get("choices") or ()
+                )
                 yield chunk
-        except aiohttp.ClientPayloadError as exc:
+            if not finished:
+                raise UpstreamError(
+                    f"upstream of model {self.alias!r} ended the stream before finishing"
+                )
+        except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as exc:
             raise UpstreamError(
-                f"upstream of model {self.alias!r} broke off the stream: {exc}"
+                f"upstream of model {self.alias!r} broke off the stream: {exc!r}"
             ) from exc
         finally:
             response.release()
@@ -172,6 +193,20 @@ class OpenAIHTTPBackend:
                 f"upstream of model {self.alias!r} sent a malformed embeddings body"
             ) from exc
         return EmbedResult(vectors, prompt_tokens)
+
+
+async def _sse_lines(content: aiohttp.StreamReader, alias: str) -> AsyncGenerator[bytes, None]:
+    """Lines of an event stream, however large (aiohttp's own readline caps them)."""
+    buffer = b""
+    async for data in content.iter_any():
+        buffer += data
+        if len(buffer) > _MAX_SSE_LINE:
+            raise UpstreamError(f"upstream of model {alias!r} sent an event over 16 MiB")
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r")
+    if buffer:
+        yield buffer
 
 
 def _vector(value: Any) -> np.ndarray[Any, Any]:

@@ -109,7 +109,9 @@ class AdmissionQueue:
         return max(1, min(60, math.ceil(per_slot)))
 
     async def acquire(self, priority: Priority) -> Slot:
-        if self._idle and self._waiting == 0:
+        # `offer` never leaves a slot idle while a live waiter exists, so an idle slot is free
+        # to take even if `_waiting` still counts waiters that were settled but not yet woken.
+        if self._idle:
             self._observe_wait(0.0)
             slot = self._idle.popleft()
             self._idle_ids.discard(id(slot))

@@ -20,10 +20,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
+import structlog
 
 from shipway.backends.base import EmbedRequest, EmbedResult
 from shipway.engine.admission import AdmissionQueue, Priority, Slot
-from shipway.errors import InvalidRequest, QueueFull, ShipwayError
+from shipway.errors import DeadlineExceeded, InvalidRequest, QueueFull, ShipwayError
 from shipway.telemetry.metrics import Metrics
 
 __all__ = ["EmbeddingBatcher"]
@@ -36,6 +37,7 @@ class _Waiting:
     request: EmbedRequest = field(compare=False)
     future: asyncio.Future[EmbedResult] = field(compare=False)
     enqueued: float = field(compare=False)
+    deadline: float = field(compare=False)
     dispatched: bool = field(default=False, compare=False)
 
 
@@ -66,7 +68,10 @@ class EmbeddingBatcher:
     def waiting(self) -> int:
         return self._waiting
 
-    async def embed(self, request: EmbedRequest, priority: Priority) -> EmbedResult:
+    async def embed(
+        self, request: EmbedRequest, priority: Priority, deadline: float
+    ) -> EmbedResult:
+        """Embed as part of the next batch; ``deadline`` is event-loop time."""
         if self._waiting >= self.max_waiting:
             self._metrics.queue_rejected.labels(self.model).inc()
             raise QueueFull(
@@ -75,7 +80,7 @@ class EmbeddingBatcher:
                 retry_after=self._queue.retry_after_s(),
             )
         future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
-        entry = _Waiting(int(priority), next(self._seq), request, future, self._clock())
+        entry = _Waiting(int(priority), next(self._seq), request, future, self._clock(), deadline)
         heapq.heappush(self._heap, entry)
         self._set_waiting(+1)
         if self._dispatcher is None or self._dispatcher.done():
@@ -157,7 +162,10 @@ class EmbeddingBatcher:
             dimensions=batch[0].request.dimensions,
         )
         try:
-            result = await slot.backend.embed(merged)
+            # Past the last client's deadline nobody waits for this batch: cancelling it tells
+            # the worker to stop, and a worker that does not is killed (cancel_grace_s).
+            async with asyncio.timeout_at(max(entry.deadline for entry in batch)):
+                result = await slot.backend.embed(merged)
         except InvalidRequest as exc:
             if len(batch) == 1:
                 _settle(batch[0], exc)
@@ -166,8 +174,16 @@ class EmbeddingBatcher:
                     await _encode_alone(slot, entry)
             return
         except ShipwayError as exc:
-            for entry in batch:
-                _settle(entry, exc)
+            _settle_all(batch, exc)
+            return
+        except TimeoutError:
+            _settle_all(batch, DeadlineExceeded("the embedding batch ran past every deadline"))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug, not a client error: settle all, log it
+            _settle_all(batch, ShipwayError(f"embedding failed: {type(exc).__name__}"))
+            structlog.get_logger("shipway.batcher").error(
+                "embedding batch failed", model=self.model, exc_info=exc
+            )
             return
         counts = result.token_counts or [0] * len(merged.inputs)
         start = 0
@@ -188,11 +204,19 @@ async def _encode_alone(slot: Slot, entry: _Waiting) -> None:
     if entry.future.done():
         return
     try:
-        entry.future.set_result(await slot.backend.embed(entry.request))
+        async with asyncio.timeout_at(entry.deadline):
+            entry.future.set_result(await slot.backend.embed(entry.request))
     except ShipwayError as exc:
         _settle(entry, exc)
+    except TimeoutError:
+        _settle(entry, DeadlineExceeded("the embedding ran past its deadline"))
 
 
 def _settle(entry: _Waiting, error: ShipwayError) -> None:
     if not entry.future.done():
         entry.future.set_exception(error)
+
+
+def _settle_all(batch: list[_Waiting], error: ShipwayError) -> None:
+    for entry in batch:
+        _settle(entry, error)

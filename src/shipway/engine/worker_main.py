@@ -18,6 +18,7 @@ import queue
 import signal
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -90,12 +91,14 @@ def _serve(
         except LocalModelError as exc:
             channel.send({"id": request_id, "type": "error", **exc.to_wire()})
         except Exception as exc:  # noqa: BLE001 - reported to the gateway, which stays up
+            traceback.print_exc()  # to stderr, which the gateway relays into its log
+            message = f"internal error in the model worker ({type(exc).__name__}); see the log"
             channel.send(
                 {
                     "id": request_id,
                     "type": "error",
                     "kind": "internal",
-                    "message": repr(exc),
+                    "message": message,
                     "param": None,
                 }
             )

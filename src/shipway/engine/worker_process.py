@@ -19,7 +19,7 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -61,8 +61,11 @@ class WorkerProcess:
         on_idle: Callable[[WorkerProcess], None],
         on_gone: Callable[[WorkerProcess], None],
         metrics: Metrics,
+        command: Sequence[str] = (sys.executable, "-m", "shipway.engine.worker_main"),
     ) -> None:
+        """``command`` runs the worker; the spec JSON is appended as its last argument."""
         self.model = model
+        self._command = tuple(command)
         self.index = index
         self._spec = spec
         self._settings = settings
@@ -110,7 +113,11 @@ class WorkerProcess:
         backoff = self._settings.restart_backoff_s
         while not self._stopping:
             started = time.monotonic()
-            await self._run_once()
+            try:
+                await self._run_once()
+            except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any one worker
+                self.last_error = f"supervisor error: {type(exc).__name__}: {exc}"
+                self._log.error("worker supervision failed; restarting", exc_info=exc)
             if self._stopping:
                 break
             self.restarts += 1
@@ -134,9 +141,7 @@ class WorkerProcess:
             "TRANSFORMERS_VERBOSITY": "error",
         }
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "shipway.engine.worker_main",
+            *self._command,
             orjson.dumps(self._spec).decode(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -153,7 +158,7 @@ class WorkerProcess:
         try:
             try:
                 async with asyncio.timeout(self._settings.start_timeout_s):
-                    hello = orjson.loads(await process.stdout.readline() or b'{"type":"eof"}')
+                    hello = _decode(await process.stdout.readline()) or {"type": "eof"}
             except TimeoutError:
                 hello = {"type": "failed", "message": "did not load its model in time"}
             if hello.get("type") != "ready":
@@ -185,7 +190,11 @@ class WorkerProcess:
 
     async def _read_replies(self, stdout: asyncio.StreamReader) -> None:
         while line := await stdout.readline():
-            message = orjson.loads(line)
+            message = _decode(line)
+            if message is None:
+                # Half a line: the worker died mid-write. Treat it as the crash it is.
+                self._log.error("worker sent a truncated reply; killing it", pid=self.pid)
+                break
             current = self._current
             if current is None or message.get("id") != current[0]:
                 continue  # a reply to a request already given up on and replaced: impossible
@@ -246,10 +255,14 @@ class WorkerProcess:
         if self.state != "idle" or process is None or process.stdin is None:
             raise ModelUnavailable(f"the worker for model {self.model!r} is not available")
         request_id = next(self._ids)
+        try:
+            line = orjson.dumps({"id": request_id, "op": op, "request": request}) + b"\n"
+        except orjson.JSONEncodeError as exc:  # before the worker is marked busy: nothing lost
+            raise InvalidRequest(f"the request cannot be encoded: {exc}") from None
         replies: asyncio.Queue[Any] = asyncio.Queue()
         self._current = (request_id, replies)
         self.state = "busy"
-        process.stdin.write(orjson.dumps({"id": request_id, "op": op, "request": request}) + b"\n")
+        process.stdin.write(line)  # buffered by asyncio; a dead pipe shows up as EOF on stdout
         finished = False
         try:
             while True:
@@ -351,6 +364,15 @@ class WorkerProcess:
                 counts = message["token_counts"]
                 return EmbedResult(vectors.reshape(message["shape"]), sum(counts), counts)
         raise ModelUnavailable(f"the worker for model {self.model!r} returned nothing")
+
+
+def _decode(line: bytes) -> dict[str, Any] | None:
+    """One protocol line, or None for an empty, truncated or garbled one."""
+    try:
+        message = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return message if isinstance(message, dict) else None
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
