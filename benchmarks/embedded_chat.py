@@ -52,6 +52,23 @@ def direct(threads: int, requests: int, max_tokens: int) -> dict[str, Any]:
     return {"requests": requests, "tokens": tokens, "seconds": elapsed}
 
 
+def runner_in_process(threads: int, requests: int, max_tokens: int) -> dict[str, Any]:
+    """Shipway's own llama.cpp runner, called in this process: the worker minus IPC and HTTP."""
+    from shipway.backends.llamacpp import LlamaCppRunner
+
+    runner = LlamaCppRunner(embedded_chat_model_path(), n_ctx=2048, n_batch=512, threads=threads)
+    request = {"messages": MESSAGES, "max_tokens": max_tokens, "temperature": 0.0}
+    runner.chat({**request, "max_tokens": 8}, lambda piece: None, lambda: False)  # warm-up
+    tokens = 0
+    started = time.perf_counter()
+    for _ in range(requests):
+        tokens += runner.chat(request, lambda piece: None, lambda: False)["completion_tokens"]
+    elapsed = time.perf_counter() - started
+    del runner
+    gc.collect()
+    return {"requests": requests, "tokens": tokens, "seconds": elapsed}
+
+
 async def through_shipway(
     base: str, concurrency: int, rounds: int, max_tokens: int, workers: int
 ) -> dict[str, Any]:
@@ -96,6 +113,10 @@ def main() -> None:
         r = direct(threads, rounds, max_tokens)
         baseline[threads] = r["tokens"] / r["seconds"]
         rows.append(_row("direct", f"n_threads={threads}", 1, r, "100%"))
+        log(f"shipway's runner in-process, threads={threads}")
+        r = runner_in_process(threads, rounds, max_tokens)
+        share = f"{r['tokens'] / r['seconds'] / baseline[threads]:.0%}"
+        rows.append(_row("runner in-process", f"threads={threads}", 1, r, share))
 
     with Servers() as servers:
         for workers, threads in layouts:
@@ -118,7 +139,9 @@ def main() -> None:
         f"Model `{MODEL}` (SmolLM2-135M-Instruct GGUF), n_ctx 2048, temperature 0, "
         f"max_tokens {max_tokens}, one fixed prompt; {rounds} round(s) per concurrency.",
         "Shipway driven by `openai.AsyncOpenAI` (non-streaming); direct = `Llama."
-        "create_chat_completion` in one process, one request at a time.",
+        "create_chat_completion` in one process, one request at a time; runner in-process = "
+        "Shipway's `LlamaCppRunner` (the code inside a worker) called in one process, so the "
+        "gap between it and the Shipway rows is the cost of the worker pipe and HTTP.",
         "Target: Shipway at concurrency 1 ≥ 90% of direct tokens/s.",
     ]
     report("Embedded chat throughput", [table(headers, rows)], notes)
