@@ -104,6 +104,15 @@ class AdmissionQueue:
             self._idle_ids.discard(id(slot))
             self._idle.remove(slot)
 
+    def refuse(self, max_waiting: int) -> QueueFull:
+        """The 429 for a full queue (also used by a batcher in front of this queue)."""
+        self._metrics.queue_rejected.labels(self.model).inc()
+        return QueueFull(
+            f"the queue for model {self.model!r} is full ({max_waiting} waiting); "
+            "retry after the time in the Retry-After header",
+            retry_after=self.retry_after_s(),
+        )
+
     def retry_after_s(self) -> int:
         per_slot = (self._waiting + 1) * self._service_ewma_s / max(1, self._capacity)
         return max(1, min(60, math.ceil(per_slot)))
@@ -118,12 +127,7 @@ class AdmissionQueue:
             self._leased.add(id(slot))
             return slot
         if self._waiting >= self.max_waiting:
-            self._metrics.queue_rejected.labels(self.model).inc()
-            raise QueueFull(
-                f"the queue for model {self.model!r} is full ({self.max_waiting} waiting); "
-                "retry after the time in the Retry-After header",
-                retry_after=self.retry_after_s(),
-            )
+            raise self.refuse(self.max_waiting)
         future: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, (int(priority), next(self._seq), future))
         self._set_waiting(+1)

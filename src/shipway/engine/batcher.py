@@ -24,7 +24,7 @@ import structlog
 
 from shipway.backends.base import EmbedRequest, EmbedResult
 from shipway.engine.admission import AdmissionQueue, Priority, Slot
-from shipway.errors import DeadlineExceeded, InvalidRequest, QueueFull, ShipwayError
+from shipway.errors import DeadlineExceeded, InvalidRequest, ShipwayError
 from shipway.telemetry.metrics import Metrics
 
 __all__ = ["EmbeddingBatcher"]
@@ -73,12 +73,7 @@ class EmbeddingBatcher:
     ) -> EmbedResult:
         """Embed as part of the next batch; ``deadline`` is event-loop time."""
         if self._waiting >= self.max_waiting:
-            self._metrics.queue_rejected.labels(self.model).inc()
-            raise QueueFull(
-                f"the queue for model {self.model!r} is full ({self.max_waiting} waiting); "
-                "retry after the time in the Retry-After header",
-                retry_after=self._queue.retry_after_s(),
-            )
+            raise self._queue.refuse(self.max_waiting)
         future: asyncio.Future[EmbedResult] = asyncio.get_running_loop().create_future()
         entry = _Waiting(int(priority), next(self._seq), request, future, self._clock(), deadline)
         heapq.heappush(self._heap, entry)
