@@ -114,6 +114,7 @@ class RequestMiddleware:
                 "prompt_tokens": call.prompt_tokens,
                 "completion_tokens": call.completion_tokens,
                 "call_status": call.status,
+                "error_code": call.error_code,
                 **call.timings_ms(),
             }
         self.log.info(
