@@ -109,3 +109,34 @@ async def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server
                 body["data"][0]["embedding"], alone["data"][0]["embedding"], atol=1e-5
             )
             assert body["usage"]["prompt_tokens"] == 2 * alone["usage"]["prompt_tokens"]
+
+
+def test_access_log_is_one_json_line_per_request(server: Server) -> None:
+    import json
+    import time
+
+    body = {"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    httpx.post(
+        server.base + "/v1/chat/completions",
+        json=body,
+        timeout=60,
+        headers={"x-request-id": "log-check-1"},
+    )
+    httpx.post(
+        server.base + "/v1/chat/completions",
+        json={**body, "model": "nope"},
+        headers={"x-request-id": "log-check-2"},
+    )
+    lines: dict[str, dict] = {}
+    for _ in range(50):
+        for raw in server.log.read_text().splitlines():
+            if raw.startswith("{") and '"log-check-' in raw:
+                entry = json.loads(raw)
+                lines[entry["request_id"]] = entry
+        if len(lines) == 2:
+            break
+        time.sleep(0.05)
+    ok, missing = lines["log-check-1"], lines["log-check-2"]
+    assert ok["event"] == "request" and ok["status"] == 200 and ok["model"] == CHAT
+    assert ok["completion_tokens"] == 2 and ok["prompt_tokens"] > 0 and ok["total_ms"] > 0
+    assert missing["status"] == 404 and missing["error_code"] == "model_not_found"
