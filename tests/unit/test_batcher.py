@@ -38,6 +38,9 @@ class RecordingEmbedder:
             raise KeyError("malformed reply")
         if any(text == "too long" for text in request.inputs):
             raise ContextLengthExceeded("input too long", param="input")
+        if request.inputs == ["stalls"]:
+            self.ready = False  # as a worker still stopping a cancelled call
+            raise DeadlineExceeded("stalled")
         vectors = np.array([[len(t), i] for i, t in enumerate(request.inputs)], dtype=np.float32)
         return EmbedResult(vectors, len(request.inputs), [1] * len(request.inputs))
 
@@ -161,3 +164,26 @@ async def test_an_unexpected_error_settles_every_client_in_the_batch() -> None:
     for rider in riders:
         with pytest.raises(ShipwayError):
             await asyncio.wait_for(rider, 1)
+
+
+async def test_clients_after_a_stalled_solo_retry_wait_for_the_worker() -> None:
+    batcher, worker = _setup()
+    worker.gate.clear()
+    blocker = asyncio.create_task(batcher.embed(EmbedRequest(["x"]), Priority.NORMAL, FAR))
+    await asyncio.sleep(0.01)
+    riders = [
+        asyncio.create_task(batcher.embed(EmbedRequest([t]), Priority.NORMAL, FAR))
+        for t in ("too long", "stalls", "innocent")
+    ]
+    await asyncio.sleep(0.01)
+    worker.gate.set()
+    await blocker
+    await asyncio.sleep(0.01)
+    with pytest.raises(ContextLengthExceeded):
+        await riders[0]
+    with pytest.raises(DeadlineExceeded):
+        await riders[1]
+    assert not riders[2].done() and batcher.waiting == 1  # back in line, not failed
+    worker.ready = True
+    batcher._queue.offer(worker)  # type: ignore[arg-type]  # the worker is idle again
+    assert (await asyncio.wait_for(riders[2], 1)).vectors[0][0] == len("innocent")

@@ -17,6 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from shipway.api.http_input import (
     ClientGone,
@@ -113,8 +114,9 @@ class OpenAIRoutes:
         except BaseException:
             await chunks.aclose()
             raise
-        return StreamingResponse(
+        return _ClosingStream(
             _sse(held, chunks, stamp, include_usage),
+            closes=chunks,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -183,6 +185,31 @@ class OpenAIRoutes:
         )
         request.scope["state"]["call"] = call
         return call
+
+
+class _ClosingStream(StreamingResponse):
+    """Closes the pipeline's stream even if the client left before the body started.
+
+    Starlette runs the body in a child task; cancelled before its first step, the body's own
+    ``finally`` never runs, and the slot (a busy worker, an upstream connection) would wait
+    for the garbage collector.
+    """
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes, None],
+        *,
+        closes: AsyncGenerator[Any, None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(content, **kwargs)
+        self._closes = closes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._closes.aclose()
 
 
 async def _hold_until_output(

@@ -9,7 +9,7 @@ whose fault it is: the client's (4xx passed through), the upstream's (502), or t
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -20,7 +20,7 @@ from shipway.backends.base import Backend, ChatRequest, EmbedRequest, EmbedResul
 from shipway.config import OpenAIUpstreamModel
 from shipway.errors import DeadlineExceeded, InvalidRequest, UpstreamError
 
-__all__ = ["OpenAIHTTPBackend"]
+__all__ = ["OpenAIHTTPBackend", "sse_lines"]
 
 _MAX_SSE_LINE = 16 * 1024 * 1024
 _MAX_ERROR_BODY = 64 * 1024
@@ -92,9 +92,25 @@ class OpenAIHTTPBackend:
             await self._raise_for(response)
         return response
 
+    async def _read(self, response: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
+        """The body (or its first ``limit`` bytes); a body cut short is the upstream's fault."""
+        try:
+            if limit is None:
+                return await response.read()
+            raw = b""
+            while len(raw) < limit and (part := await response.content.read(limit - len(raw))):
+                raw += part
+            return raw
+        except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+            raise UpstreamError(
+                f"upstream of model {self.alias!r} broke off its answer: {exc!r}"
+            ) from exc
+
     async def _raise_for(self, response: aiohttp.ClientResponse) -> None:
-        raw = await response.content.read(_MAX_ERROR_BODY)  # an error page can be huge
-        response.release()
+        try:
+            raw = await self._read(response, limit=_MAX_ERROR_BODY)  # an error page can be huge
+        finally:
+            response.release()
         message = raw.decode("utf-8", errors="replace")[:500]
         code: str | None = None
         try:
@@ -132,7 +148,7 @@ class OpenAIHTTPBackend:
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         response = await self._post("chat/completions", self._body(request.body, stream=False))
         try:
-            data = await response.read()
+            data = await self._read(response)
         finally:
             response.release()
         return _json_object(data, self.alias)
@@ -149,7 +165,7 @@ class OpenAIHTTPBackend:
                     f"{response.content_type!r}, not text/event-stream"
                 )
             finished = False
-            async for line in _sse_lines(response.content, self.alias):
+            async for line in sse_lines(response.content.iter_any(), self.alias):
                 if not line.startswith(b"data:"):
                     continue
                 payload = line[5:].strip()
@@ -181,7 +197,7 @@ class OpenAIHTTPBackend:
         changes: dict[str, Any] = {"input": request.inputs}
         response = await self._post("embeddings", self._body(request.body, **changes))
         try:
-            data = _json_object(await response.read(), self.alias)
+            data = _json_object(await self._read(response), self.alias)
         finally:
             response.release()
         try:
@@ -195,18 +211,22 @@ class OpenAIHTTPBackend:
         return EmbedResult(vectors, prompt_tokens)
 
 
-async def _sse_lines(content: aiohttp.StreamReader, alias: str) -> AsyncGenerator[bytes, None]:
-    """Lines of an event stream, however large (aiohttp's own readline caps them)."""
-    buffer = b""
-    async for data in content.iter_any():
+async def sse_lines(pieces: AsyncIterator[bytes], alias: str) -> AsyncGenerator[bytes, None]:
+    """Lines of an event stream from its raw pieces, however large (aiohttp's readline caps
+    them), splitting only the bytes that arrived since the last split."""
+    buffer = bytearray()
+    async for data in pieces:
+        scanned = len(buffer)  # only the new bytes can hold a newline not yet seen
         buffer += data
+        start = 0
+        while (end := buffer.find(b"\n", max(start, scanned))) >= 0:
+            yield bytes(buffer[start:end]).rstrip(b"\r")
+            start = end + 1
+        del buffer[:start]
         if len(buffer) > _MAX_SSE_LINE:
             raise UpstreamError(f"upstream of model {alias!r} sent an event over 16 MiB")
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            yield line.rstrip(b"\r")
     if buffer:
-        yield buffer
+        yield bytes(buffer)
 
 
 def _vector(value: Any) -> np.ndarray[Any, Any]:

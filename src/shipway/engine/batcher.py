@@ -78,8 +78,7 @@ class EmbeddingBatcher:
         entry = _Waiting(int(priority), next(self._seq), request, future, self._clock(), deadline)
         heapq.heappush(self._heap, entry)
         self._set_waiting(+1)
-        if self._dispatcher is None or self._dispatcher.done():
-            self._dispatcher = asyncio.create_task(self._dispatch(), name=f"batcher:{self.model}")
+        self._wake_dispatcher()
         try:
             return await future
         finally:
@@ -113,6 +112,19 @@ class EmbeddingBatcher:
             task = asyncio.create_task(self._run(lease, slot, batch))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
+
+    def _wake_dispatcher(self) -> None:
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.create_task(self._dispatch(), name=f"batcher:{self.model}")
+
+    def _requeue(self, entries: list[_Waiting]) -> None:
+        """Put dispatched but unanswered requests back to wait for the next free worker."""
+        for entry in entries:
+            if not entry.future.done():
+                entry.dispatched = False
+                heapq.heappush(self._heap, entry)
+                self._set_waiting(+1)
+        self._wake_dispatcher()
 
     def _take_batch(self) -> list[_Waiting]:
         batch: list[_Waiting] = []
@@ -148,6 +160,11 @@ class EmbeddingBatcher:
         try:
             if batch:
                 await self._encode(slot, batch)
+        except Exception as exc:  # noqa: BLE001 - a bug, not a client error: settle all, log it
+            _settle_all(batch, ShipwayError(f"embedding failed: {type(exc).__name__}"))
+            structlog.get_logger("shipway.batcher").error(
+                "embedding batch failed", model=self.model, exc_info=exc
+            )
         finally:
             await lease.__aexit__(None, None, None)
 
@@ -165,7 +182,10 @@ class EmbeddingBatcher:
             if len(batch) == 1:
                 _settle(batch[0], exc)
             else:  # find whose input it was: each client gets its own answer
-                for entry in batch:
+                for i, entry in enumerate(batch):
+                    if not slot.ready:  # a solo run timed out and the worker is stopping
+                        self._requeue(batch[i:])
+                        return
                     await _encode_alone(slot, entry)
             return
         except ShipwayError as exc:
@@ -173,12 +193,6 @@ class EmbeddingBatcher:
             return
         except TimeoutError:
             _settle_all(batch, DeadlineExceeded("the embedding batch ran past every deadline"))
-            return
-        except Exception as exc:  # noqa: BLE001 - a bug, not a client error: settle all, log it
-            _settle_all(batch, ShipwayError(f"embedding failed: {type(exc).__name__}"))
-            structlog.get_logger("shipway.batcher").error(
-                "embedding batch failed", model=self.model, exc_info=exc
-            )
             return
         counts = result.token_counts or [0] * len(merged.inputs)
         start = 0

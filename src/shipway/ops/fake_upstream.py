@@ -12,6 +12,7 @@ The ``model`` field picks the behaviour, so a Shipway config maps aliases onto f
     break-stream    stream two chunks, then drop the connection
     error-stream    stream one chunk, then an error event
     garbage         answer 200 with a body that is not JSON
+    cut-body        promise 1000 bytes, send 11, drop the connection
 
 ``GET /_last`` returns the last request's headers and body, so tests can see what Shipway sent.
 """
@@ -102,6 +103,14 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         return _error(int(model.removeprefix("fail-")), f"fake upstream failure {model}")
     if model.startswith("slow-"):
         await asyncio.sleep(float(model.removeprefix("slow-")))
+    if model == "cut-body":
+        response = web.StreamResponse(headers={"Content-Length": "1000"})
+        response.content_type = "application/json"
+        await response.prepare(request)
+        await response.write(b'{"id": "cut')
+        assert request.transport is not None
+        request.transport.close()
+        return response
     if model == "garbage":
         return web.Response(text="<html>not json</html>", content_type="text/html")
     text = _reply_text(body)
