@@ -38,9 +38,13 @@ def build_app(settings: ShipwaySettings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await engine.start()
         # Everything built so far lives as long as the process: move it out of the cyclic
-        # GC's sight so full collections stop re-walking it under load.
+        # GC's sight so full collections stop re-walking it under load. A request allocates
+        # a few hundred containers; collecting the young generation every 20,000 instead of
+        # every 700 lets most of them die by refcount first (+10% requests/s at c=64,
+        # docs/performance.md), for a few MB of cyclic garbage held a little longer.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(20_000, 50, 1000)
         log.info("serving", host=settings.server.host, port=settings.server.port)
         try:
             yield
