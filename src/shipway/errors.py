@@ -9,7 +9,6 @@ pydantic) are translated into these at the boundary where they happen, with ``ra
     ├── InvalidRequest                400 invalid_request_error
     │   ├── ContextLengthExceeded     400 code=context_length_exceeded
     │   └── UnsupportedParameter      400 code=unsupported_parameter
-    ├── AuthenticationFailed          401 authentication_error
     ├── NotFound                      404 not_found_error
     │   └── ModelNotFound             404 code=model_not_found
     ├── MethodNotAllowed              405
@@ -25,7 +24,6 @@ pydantic) are translated into these at the boundary where they happen, with ``ra
 from __future__ import annotations
 
 __all__ = [
-    "AuthenticationFailed",
     "ConfigError",
     "ContextLengthExceeded",
     "DeadlineExceeded",
@@ -90,12 +88,6 @@ class ContextLengthExceeded(InvalidRequest):
 
 class UnsupportedParameter(InvalidRequest):
     code = "unsupported_parameter"
-
-
-class AuthenticationFailed(ShipwayError):
-    status = 401
-    type = "authentication_error"
-    code = "invalid_api_key"
 
 
 class NotFound(ShipwayError):

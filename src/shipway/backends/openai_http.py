@@ -16,7 +16,7 @@ import aiohttp
 import numpy as np
 import orjson
 
-from shipway.backends.base import Backend, ChatRequest, EmbedRequest, EmbedResult
+from shipway.backends.base import ChatRequest, EmbedRequest, EmbedResult
 from shipway.config import OpenAIUpstreamModel
 from shipway.errors import DeadlineExceeded, InvalidRequest, UpstreamError
 
@@ -36,14 +36,6 @@ class OpenAIHTTPBackend:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def backend(self) -> Backend:
-        return self
-
-    @property
-    def ready(self) -> bool:
-        return True
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
