@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -48,27 +47,15 @@ def serve(
     server = {k: v for k, v in flags.items() if v is not None}
     settings = _load(config, {"server": server} if server else None)
 
-    import uvicorn
-
-    from shipway.server import build_app
+    from shipway.server import run
     from shipway.telemetry.logging import configure_logging
 
     configure_logging(settings.server.log_level, settings.server.log_format)
     try:
-        application = build_app(settings)
+        run(settings)
     except ConfigError as exc:
         typer.echo(f"configuration error\n{exc}", err=True)
         raise typer.Exit(2) from None
-    uvicorn.run(
-        application,
-        host=settings.server.host,
-        port=settings.server.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=math.ceil(settings.server.drain_timeout_s),
-    )
 
 
 @config_app.command("check")

@@ -60,6 +60,43 @@ class ServerSettings(_Strict):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On shutdown, how long in-flight requests may finish."
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest request line + header block accepted; larger gets 431 and the "
+        "connection is closed.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send a request's whole header block within this long "
+        "of its first byte (or of connecting); else 408 and it is closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request body must arrive in full within this long of its headers; "
+        "else 408 and the connection is closed.",
+    )
+    keepalive_timeout_s: float = Field(
+        5.0, gt=0, description="An idle keep-alive connection is closed after this long."
+    )
+    write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A client that reads none of a response for this long while Shipway has "
+        "bytes for it (a stalled stream) is disconnected; its model slot was freed already.",
+    )
+    max_connections: int = Field(
+        4096,
+        ge=16,
+        description="Open client connections. At the cap the longest-idle connection (no "
+        "request in progress) is closed to admit a new one; with none idle, the new one gets "
+        "503. Capped below the process's file-descriptor limit at start.",
+    )
+    max_messages: int = Field(
+        2048, ge=1, description="Most `messages` a chat request may carry; more gets 400."
+    )
 
 
 class QueueSettings(_Strict):

@@ -11,22 +11,31 @@ pydantic) are translated into these at the boundary where they happen, with ``ra
     │   └── UnsupportedParameter      400 code=unsupported_parameter
     ├── NotFound                      404 not_found_error
     │   └── ModelNotFound             404 code=model_not_found
-    ├── MethodNotAllowed              405
+    ├── MethodNotAllowed              405 (+ Allow)
+    ├── RequestTimeout                408 code=request_timeout  (headers or body too slow)
     ├── PayloadTooLarge               413
     ├── UnsupportedMediaType          415
     ├── QueueFull                     429 code=queue_full   (+ Retry-After)
+    ├── HeadersTooLarge               431 code=headers_too_large
+    ├── ClientClosedRequest           499 code=client_closed_request  (nobody is listening)
     ├── UpstreamError                 502 upstream_error
     ├── ModelUnavailable              503 service_unavailable (+ Retry-After)
     │   └── WorkerCrashed             503 code=worker_crashed
+    ├── TooManyConnections            503 code=too_many_connections
     └── DeadlineExceeded              504 code=timeout
+
+Errors the HTTP connection layer raises itself (408, 431, 503 at the connection cap) are
+written by ``api/http_protocol.py`` from the same classes, since no route runs for them.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ClientClosedRequest",
     "ConfigError",
     "ContextLengthExceeded",
     "DeadlineExceeded",
+    "HeadersTooLarge",
     "InvalidRequest",
     "MethodNotAllowed",
     "ModelNotFound",
@@ -34,7 +43,9 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "QueueFull",
+    "RequestTimeout",
     "ShipwayError",
+    "TooManyConnections",
     "UnsupportedMediaType",
     "UnsupportedParameter",
     "UpstreamError",
@@ -105,6 +116,16 @@ class MethodNotAllowed(ShipwayError):
     type = "invalid_request_error"
     code = "method_not_allowed"
 
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
+class RequestTimeout(ShipwayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
 
 class PayloadTooLarge(ShipwayError):
     status = 413
@@ -122,6 +143,20 @@ class QueueFull(ShipwayError):
     status = 429
     type = "rate_limit_error"
     code = "queue_full"
+
+
+class HeadersTooLarge(ShipwayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+
+
+class ClientClosedRequest(ShipwayError):
+    """The client went away before its answer was ready (nginx's 499); never sent."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
 
 
 class UpstreamError(ShipwayError):
@@ -152,6 +187,12 @@ class ModelUnavailable(ShipwayError):
 
 class WorkerCrashed(ModelUnavailable):
     code = "worker_crashed"
+
+
+class TooManyConnections(ShipwayError):
+    status = 503
+    type = "service_unavailable"
+    code = "too_many_connections"
 
 
 class DeadlineExceeded(ShipwayError):

@@ -15,19 +15,25 @@ cancels the task that runs the pipeline, with the same effect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from shipway.backends.base import ChatRequest, EmbedRequest, EmbedResult
+from shipway.backends.base import Backend, ChatRequest, EmbedRequest, EmbedResult
 from shipway.engine.admission import Priority
 from shipway.engine.engine import Engine, ModelRunner
 from shipway.errors import DeadlineExceeded, InvalidRequest, ShipwayError
 from shipway.telemetry.metrics import Metrics
 
 __all__ = ["Call", "Pipeline", "carries_output"]
+
+# Chunks a stream may run ahead of its client. A local model's whole answer fits (n_ctx
+# tokens), so its worker is never held by a slow reader; an upstream past this waits.
+_BUFFERED_CHUNKS = 8192
+_END = object()
 
 
 @dataclass(slots=True)
@@ -39,6 +45,7 @@ class Call:
     model: str
     priority: Priority
     requested_timeout_s: float | None = None
+    timeout_param: str = "timeout"
     timeout_s: float = 0.0
     deadline: float = 0.0
     received_at: float = field(default_factory=time.perf_counter)
@@ -81,9 +88,9 @@ class Pipeline:
         requested = call.requested_timeout_s
         if requested is not None and requested > limits.max_timeout_s:
             raise InvalidRequest(
-                f"timeout {requested:g}s is above the limit of {limits.max_timeout_s:g}s for "
-                f"model {call.model!r} (queue.max_timeout_s)",
-                param="timeout",
+                f"{call.timeout_param} {requested:g}s is above the limit of "
+                f"{limits.max_timeout_s:g}s for model {call.model!r} (queue.max_timeout_s)",
+                param=call.timeout_param,
             )
         call.timeout_s = requested or limits.timeout_s
         call.deadline = asyncio.get_running_loop().time() + call.timeout_s
@@ -150,33 +157,57 @@ class Pipeline:
     async def stream(
         self, call: Call, request: ChatRequest
     ) -> AsyncGenerator[dict[str, Any], None]:
-        """Yield chunks. Errors before the first chunk propagate before any byte is sent."""
+        """Yield chunks. Errors before the first chunk propagate before any byte is sent.
+
+        The backend is drained by its own task into a buffer, so its slot (a worker, an
+        upstream place) is given back the moment generation ends, however slowly the client
+        reads; a client that stops reading is dropped by the HTTP layer's write timeout.
+        Closing this generator (client gone) cancels the backend if it is still running.
+        """
         with self._accounted(call):
             runner = self._route(call, "chat")
             async with _deadline(call):
                 lease = runner.queue.lease(call.priority)
                 slot = await lease.__aenter__()
+            call.admitted_at = time.perf_counter()
+            buffer: asyncio.Queue[Any] = asyncio.Queue(_BUFFERED_CHUNKS)
+            pump = asyncio.create_task(self._pump(call, slot.backend, request, lease, buffer))
             try:
-                call.admitted_at = time.perf_counter()
-                chunks = slot.backend.stream(request)
-                try:
-                    while True:
-                        async with _deadline(call):
-                            try:
-                                chunk = await anext(chunks)
-                            except StopAsyncIteration:
-                                break
-                        if call.first_chunk_at is None and carries_output(chunk):
-                            call.first_chunk_at = time.perf_counter()
-                            self.metrics.time_to_first_token.labels(call.model).observe(
-                                call.first_chunk_at - call.received_at
-                            )
-                        self._usage(call, chunk.get("usage"))
-                        yield chunk
-                finally:
-                    await chunks.aclose()
+                while (item := await buffer.get()) is not _END:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
             finally:
-                await lease.__aexit__(None, None, None)
+                if not pump.done():
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pump
+
+    async def _pump(
+        self,
+        call: Call,
+        backend: Backend,
+        request: ChatRequest,
+        lease: Any,
+        buffer: asyncio.Queue[Any],
+    ) -> None:
+        chunks = backend.stream(request)
+        try:
+            async with _deadline(call):
+                async for chunk in chunks:
+                    if call.first_chunk_at is None and carries_output(chunk):
+                        call.first_chunk_at = time.perf_counter()
+                        self.metrics.time_to_first_token.labels(call.model).observe(
+                            call.first_chunk_at - call.received_at
+                        )
+                    self._usage(call, chunk.get("usage"))
+                    await buffer.put(chunk)
+            await buffer.put(_END)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            await buffer.put(exc)
+        finally:
+            await chunks.aclose()
+            await lease.__aexit__(None, None, None)
 
 
 def carries_output(chunk: dict[str, Any]) -> bool:

@@ -8,7 +8,9 @@ and the lifespan starts them after the server binds and stops them after it drai
 from __future__ import annotations
 
 import gc
+import math
 import os
+import resource
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +20,7 @@ from starlette.middleware import Middleware
 
 from shipway.api.errors import exception_handlers
 from shipway.api.health import HealthRoutes
+from shipway.api.http_protocol import ConnectionLimits, protocol_class
 from shipway.api.middleware import RequestMiddleware
 from shipway.api.openai_routes import OpenAIRoutes
 from shipway.config import ShipwaySettings
@@ -25,7 +28,10 @@ from shipway.engine.engine import Engine
 from shipway.pipeline import Pipeline
 from shipway.telemetry.metrics import Metrics
 
-__all__ = ["build_app"]
+__all__ = ["build_app", "run"]
+
+# File descriptors kept back from client connections: worker pipes, upstream pools, logs.
+_RESERVED_FDS = 256
 
 
 def build_app(settings: ShipwaySettings) -> Starlette:
@@ -54,7 +60,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
 
     owned_by = {alias: model.owned_by for alias, model in settings.models.items()}
     routes = [
-        *OpenAIRoutes(pipeline, owned_by).routes(),
+        *OpenAIRoutes(pipeline, owned_by, settings.server.max_messages).routes(),
         *HealthRoutes(engine, metrics).routes(),
     ]
     middleware = [
@@ -62,6 +68,8 @@ def build_app(settings: ShipwaySettings) -> Starlette:
             RequestMiddleware,
             access_log=settings.server.access_log,
             max_body_bytes=settings.server.max_body_bytes,
+            metrics=metrics,
+            paths=frozenset(route.path for route in routes if "{" not in route.path),
         ),
     ]
     app = Starlette(
@@ -72,4 +80,54 @@ def build_app(settings: ShipwaySettings) -> Starlette:
     )
     app.state.engine = engine
     app.state.pipeline = pipeline
+    app.state.metrics = metrics
     return app
+
+
+def run(settings: ShipwaySettings) -> None:
+    """Serve ``settings`` with uvicorn until SIGINT/SIGTERM, then drain and stop."""
+    import uvicorn
+
+    app = build_app(settings)
+    server = settings.server
+    limits = ConnectionLimits(
+        max_header_bytes=server.max_header_bytes,
+        header_timeout_s=server.header_timeout_s,
+        body_timeout_s=server.body_timeout_s,
+        write_timeout_s=server.write_timeout_s,
+        max_connections=_connection_cap(server.max_connections),
+    )
+    uvicorn.run(
+        app,
+        host=server.host,
+        port=server.port,
+        loop="uvloop",
+        http=protocol_class(limits, app.state.metrics),
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_keep_alive=server.keepalive_timeout_s,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=math.ceil(server.drain_timeout_s),
+    )
+
+
+def _connection_cap(wanted: int) -> int:
+    """Raise the descriptor limit as far as allowed; keep the cap below it.
+
+    Past the limit, accept() fails and every route, `/healthz` included, stops answering.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    cap = min(wanted, max(16, soft - _RESERVED_FDS))
+    if cap < wanted:
+        structlog.get_logger("shipway.server").warning(
+            "server.max_connections lowered to fit the file-descriptor limit",
+            wanted=wanted,
+            cap=cap,
+            nofile_limit=soft,
+        )
+    return cap

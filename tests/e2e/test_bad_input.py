@@ -1,6 +1,7 @@
 """Every bad input gets a clear error in the OpenAI envelope with the right status, never a 500,
 and the server keeps serving afterwards."""
 
+import time
 from typing import Any
 
 import httpx
@@ -141,6 +142,52 @@ def test_context_length_exceeded_when_streaming_is_a_400_not_a_broken_stream(
 
 
 @pytest.mark.parametrize(
+    ("extra", "param", "needle"),
+    [
+        ({"stop": [str(i) for i in range(100)]}, "stop", "at most 4"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "'stream' is enabled"),
+        ({"stream": False, "stream_options": {}}, "stream_options", "'stream' is enabled"),
+        ({"response_format": "json"}, "response_format", "response_format"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type", "response_format"),
+    ],
+)
+def test_fields_openai_rejects_are_rejected(
+    server: Server, extra: dict[str, Any], param: str, needle: str
+) -> None:
+    body = {"model": CHAT, "messages": OK_MESSAGES, "max_tokens": 1, **extra}
+    error = _error(_post(server, "/v1/chat/completions", json=body), 400)
+    assert error["param"] == param
+    assert needle in error["message"]
+
+
+def test_too_many_messages_is_a_fast_400(server: Server) -> None:
+    body = {"model": CHAT, "messages": [{"role": "user", "content": ""}] * 130_000}
+    started = time.monotonic()
+    error = _error(_post(server, "/v1/chat/completions", json=body), 400)
+    assert time.monotonic() - started < 3
+    assert error["param"] == "messages" and "2048" in error["message"]
+
+
+def test_requests_refused_before_routing_are_counted(server: Server) -> None:
+    def count(status: str) -> float:
+        text = httpx.get(server.base + "/metrics").text
+        key = f'shipway_http_responses_total{{path="/v1/chat/completions",status="{status}"}} '
+        found = [line for line in text.splitlines() if line.startswith(key)]
+        return float(found[0].split()[-1]) if found else 0.0
+
+    before_400, before_413 = count("400"), count("413")
+    _post(server, "/v1/chat/completions", content=b"{not json")
+    _post(server, "/v1/chat/completions", json={"model": CHAT})
+    _post(server, "/v1/chat/completions", content=b"x" * 5_000_000)
+    assert count("400") == before_400 + 2
+    assert count("413") == before_413 + 1
+    text = httpx.get(server.base + "/metrics").text
+    httpx.get(server.base + "/no/such/route/" + "x" * 50)
+    assert 'path="(unmatched)"' in httpx.get(server.base + "/metrics").text
+    assert "x" * 50 not in text  # a client cannot mint label values
+
+
+@pytest.mark.parametrize(
     ("extra", "param"),
     [
         ({"n": 2}, "n"),
@@ -200,7 +247,10 @@ def test_bad_embedding_requests(server: Server, body: dict[str, Any], param: str
         ({"x-shipway-priority": "urgent"}, "x-shipway-priority"),
         ({"x-shipway-timeout": "soon"}, "x-shipway-timeout"),
         ({"x-shipway-timeout": "-1"}, "x-shipway-timeout"),
-        ({"x-shipway-timeout": "100000"}, "timeout"),
+        ({"x-shipway-timeout": "100000"}, "x-shipway-timeout"),
+        ({"x-shipway-timeout": "1_000"}, "x-shipway-timeout"),
+        ({"x-shipway-timeout": "nan"}, "x-shipway-timeout"),
+        ({"x-shipway-timeout": "1e3"}, "x-shipway-timeout"),
     ],
 )
 def test_bad_call_options(server: Server, headers: dict[str, str], param: str) -> None:
@@ -209,9 +259,19 @@ def test_bad_call_options(server: Server, headers: dict[str, str], param: str) -
     assert error["param"] == param
 
 
+def test_a_body_timeout_above_the_limit_names_the_body_field(server: Server) -> None:
+    body = {"model": CHAT, "messages": OK_MESSAGES, "max_tokens": 1, "timeout": 100000}
+    error = _error(_post(server, "/v1/chat/completions", json=body), 400)
+    assert error["param"] == "timeout"
+
+
 def test_wrong_route_and_method(server: Server) -> None:
-    _error(httpx.get(server.base + "/v1/chat/completions"), 405)
-    _error(httpx.get(server.base + "/v2/everything"), 404)
+    wrong_method = httpx.get(server.base + "/v1/chat/completions")
+    _error(wrong_method, 405)
+    assert wrong_method.headers["allow"] == "POST"  # RFC 9110: a 405 says what is allowed
+    error = _error(httpx.get(server.base + "/v2/everything"), 404)
+    assert "/docs" not in error["message"]  # there is no /docs; say what is served instead
+    assert "/v1/chat/completions" in error["message"]
     upload = httpx.post(server.base + "/v1/chat/completions", files={"file": b"data"})
     _error(upload, 415)
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from shipway.engine.admission import Priority
-from shipway.errors import InvalidRequest, UnsupportedMediaType
+from shipway.errors import ClientClosedRequest, InvalidRequest, RequestTimeout, UnsupportedMediaType
 
 __all__ = [
     "ClientGone",
@@ -48,7 +49,13 @@ async def read_json(request: Request) -> Any:
         raise UnsupportedMediaType(
             f"the body must be JSON (Content-Type: application/json), not {content_type!r}"
         )
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        if request.scope["state"].get("shipway.body_timeout"):
+            # The connection layer already answered 408 and closed (api/http_protocol.py).
+            raise RequestTimeout("the request body did not arrive in time") from None
+        raise ClientClosedRequest("the client closed the connection while sending") from None
     if not raw.strip():
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
@@ -79,22 +86,25 @@ def requested_priority(request: Request) -> Priority:
         ) from None
 
 
-def requested_timeout(request: Request, body_timeout: float | None) -> float | None:
+# Plain decimal seconds: Python's float() would also take "1_000", "nan", "1e400" and "inf".
+_SECONDS = re.compile(r"^\s*(\d{1,9}(\.\d{0,9})?|\.\d{1,9})\s*$")
+
+
+def requested_timeout(request: Request, body_timeout: float | None) -> tuple[float | None, str]:
+    """The deadline the client asked for, and where it asked (the body field or the header)."""
     if body_timeout is not None:
-        return body_timeout
+        return body_timeout, "timeout"
     raw = _header(request, b"x-shipway-timeout")
     if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value != value or value == float("inf"):
+        return None, "timeout"
+    value = float(raw) if _SECONDS.match(raw) else 0.0
+    if not value > 0:
         raise InvalidRequest(
-            f"x-shipway-timeout must be a positive number of seconds, not {raw!r}",
+            f"x-shipway-timeout must be a positive number of seconds such as 30 or 2.5, "
+            f"not {raw[:64]!r}",
             param="x-shipway-timeout",
         )
-    return value
+    return value, "x-shipway-timeout"
 
 
 # A request answered within this long never needs a disconnect watcher: most upstream and

@@ -2,9 +2,10 @@
 
 It gives every request an id (the client's ``x-request-id`` if sane) and echoes it, refuses
 bodies over the limit with 413 (by ``Content-Length``, or while reading a chunked body),
-writes one access-log line per request, and turns any error that escaped the routes into a
-logged 500 in the OpenAI envelope, so the server keeps serving. One layer, not four: each
-layer costs a few microseconds on every request.
+counts every response by route and status (so requests refused before they reach a model
+show in the metrics too), writes one access-log line per request, and turns any error that
+escaped the routes into a logged 500 in the OpenAI envelope, so the server keeps serving.
+One layer, not five: each layer costs a few microseconds on every request.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipway.api.errors import error_response
 from shipway.errors import PayloadTooLarge, ShipwayError
+from shipway.telemetry.metrics import Metrics
 
 __all__ = ["RequestMiddleware"]
 
@@ -26,11 +28,22 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, *, access_log: bool, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        access_log: bool,
+        max_body_bytes: int,
+        metrics: Metrics,
+        paths: frozenset[str],
+    ) -> None:
         self.app = app
         self.access_log = access_log
         self.max_body_bytes = max_body_bytes
         self.log = structlog.get_logger("shipway.access")
+        self._responses = metrics.http_responses
+        self._paths = paths
+        self._counters: dict[tuple[str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,8 +94,18 @@ class RequestMiddleware:
                 )
                 await error_response(internal)(scope, receive, send_with_id)
         finally:
+            self._count(scope["path"], status)
             if self.access_log:
                 self._log_access(scope, request_id, status, started)
+
+    def _count(self, path: str, status: int) -> None:
+        # Label values stay bounded: a path no route serves is "(unmatched)".
+        if path not in self._paths:
+            path = "/v1/models/{model}" if path.startswith("/v1/models/") else "(unmatched)"
+        counter = self._counters.get((path, status))
+        if counter is None:
+            counter = self._counters[(path, status)] = self._responses.labels(path, str(status))
+        counter.inc()
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(

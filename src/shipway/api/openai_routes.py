@@ -46,9 +46,10 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 class OpenAIRoutes:
-    def __init__(self, pipeline: Pipeline, owned_by: dict[str, str]) -> None:
+    def __init__(self, pipeline: Pipeline, owned_by: dict[str, str], max_messages: int) -> None:
         self.pipeline = pipeline
         self.owned_by = owned_by
+        self.max_messages = max_messages
         self.created = int(time.time())
 
     def routes(self) -> list[Route]:
@@ -62,7 +63,13 @@ class OpenAIRoutes:
     # -- chat ---------------------------------------------------------------------------------
     async def chat_completions(self, request: Request) -> Response:
         raw = await read_json(request)
+        self._check_message_count(raw)
         body = parse_body(ChatCompletionBody, raw)
+        if body.stream_options is not None and not body.stream:
+            raise InvalidRequest(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+            )
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         chat = ChatRequest(
             messages=raw["messages"],  # validated above; kept as sent, for any backend
@@ -173,15 +180,29 @@ class OpenAIRoutes:
         return _json(self._model_card(alias))
 
     # -- helpers --------------------------------------------------------------------------------
+    def _check_message_count(self, raw: Any) -> None:
+        """Before validation: validating 100,000 empty messages is itself the attack."""
+        messages = raw.get("messages") if isinstance(raw, dict) else None
+        if isinstance(messages, list) and len(messages) > self.max_messages:
+            raise InvalidRequest(
+                f"Invalid 'messages': array too long. Expected an array with maximum length "
+                f"{self.max_messages}, but got an array with length {len(messages)} instead "
+                "(server.max_messages).",
+                param="messages",
+                code="array_above_max_length",
+            )
+
     def _call(
         self, request: Request, endpoint: str, model: str, body_timeout: float | None
     ) -> Call:
+        timeout, timeout_param = requested_timeout(request, body_timeout)
         call = Call(
             request_id=request.scope["state"]["request_id"],
             endpoint=endpoint,
             model=model,
             priority=requested_priority(request),
-            requested_timeout_s=requested_timeout(request, body_timeout),
+            requested_timeout_s=timeout,
+            timeout_param=timeout_param,
         )
         request.scope["state"]["call"] = call
         return call

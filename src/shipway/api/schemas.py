@@ -18,6 +18,9 @@ from shipway.errors import InvalidRequest
 __all__ = ["ChatCompletionBody", "EmbeddingBody", "parse_body"]
 
 
+_MAX_STOP = 4
+
+
 class _Body(BaseModel):
     # Strict, as OpenAI is: "2" is not a number and 1 is not a boolean.
     model_config = ConfigDict(extra="allow", strict=True)
@@ -44,6 +47,11 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
 class ChatCompletionBody(_Body):
     model: Annotated[str, Field(min_length=1)]
     messages: Annotated[list[Message], Field(min_length=1)]
@@ -53,7 +61,7 @@ class ChatCompletionBody(_Body):
     max_completion_tokens: Annotated[int, Field(ge=0)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stop: str | list[str] | None = None
     seed: int | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
@@ -64,6 +72,15 @@ class ChatCompletionBody(_Body):
     user: str | None = None
     ignore_eos: bool | None = None
     modalities: list[str] | None = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _at_most_four_stops(cls, value: Any) -> Any:
+        # Checked before the union so the message names the limit, not a failed branch.
+        if isinstance(value, list) and len(value) > _MAX_STOP:
+            raise ValueError(f"at most {_MAX_STOP} stop sequences, got {len(value)}")
+        return value
 
     @field_validator("top_logprobs")
     @classmethod

@@ -66,6 +66,24 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.http_responses = Counter(
+            "shipway_http_responses_total",
+            "Every HTTP response by route and status, including requests refused before "
+            "they reach a model (bad JSON, schema errors, 404, 413 …).",
+            ["path", "status"],
+            registry=r,
+        )
+        self.connections_open = Gauge(
+            "shipway_http_connections_open", "Client connections open now.", registry=r
+        )
+        self.connections_closed = Counter(
+            "shipway_http_connections_closed_total",
+            "Client connections Shipway closed itself, by reason (header_timeout, "
+            "body_timeout, write_timeout, idle_timeout, headers_too_large, evicted_idle, "
+            "refused_at_capacity).",
+            ["reason"],
+            registry=r,
+        )
         self._per_call: dict[tuple[str, str], CallMetrics] = {}
         self.workers_up = Gauge(
             "shipway_workers_up",
