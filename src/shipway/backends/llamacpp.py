@@ -1,9 +1,10 @@
 """A GGUF chat model run by llama.cpp, one request at a time, inside a worker process.
 
-The runner formats messages with the chat template stored in the GGUF file, counts prompt
-and completion tokens exactly, and generates token by token so that it can stop on a cancel,
-on a stop string, or at ``max_tokens``, and report logprobs without ``logits_all`` (which
-would slow every prompt down): the last row of logits is read right after each sample.
+The runner formats messages with the chat template stored in the GGUF file (message text
+stays text: see ``chat_template``), counts prompt and completion tokens exactly, evaluates the
+prompt ``n_batch`` tokens at a time and generates token by token so that it can stop on a
+cancel, on a stop string, or at ``max_tokens``, and report logprobs without ``logits_all``
+(which would slow every prompt down): the last row of logits is read right after each sample.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from shipway.backends.chat_template import ChatPromptTokenizer
 from shipway.backends.local_errors import LocalModelError
 from shipway.backends.model_files import file_sha256
 
@@ -27,7 +29,6 @@ Emit = Callable[[dict[str, Any]], None]
 class LlamaCppRunner:
     def __init__(self, path: Path, *, n_ctx: int, n_batch: int, threads: int) -> None:
         import llama_cpp
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self._lib = llama_cpp
         self.path = path
@@ -41,18 +42,17 @@ class LlamaCppRunner:
             verbose=False,
         )
         self.n_ctx = n_ctx
+        self.n_batch = n_batch
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise LocalModelError("internal", f"{path} carries no chat template")
-        eos_id, bos_id = self.llm.token_eos(), self.llm.token_bos()
-        self._formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=self._token_text(eos_id),
-            bos_token=self._token_text(bos_id),
-            stop_token_ids=[eos_id],
-        )
+        self._prompt = ChatPromptTokenizer(self.llm, template)
+        # While a prompt is evaluated, llama.cpp asks this between graph nodes whether to
+        # abort: one n_batch chunk takes seconds on a small CPU, longer than a cancel may wait.
+        self._abort_check: Callable[[], bool] = _never
+        self._abort_callback = llama_cpp.ggml_abort_callback(lambda _: self._abort_check())
 
     def info(self) -> dict[str, Any]:
         return {
@@ -62,23 +62,8 @@ class LlamaCppRunner:
             "n_vocab": self._n_vocab,
         }
 
-    def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
-
     def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        try:
-            formatted = self._formatter(messages=messages)  # type: ignore[arg-type]
-        except Exception as exc:
-            raise LocalModelError(
-                "invalid_request", f"the chat template rejected the messages: {exc}"
-            ) from exc
-        return list(
-            self.llm.tokenize(
-                formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True
-            )
-        )
+        return self._prompt.tokens(messages)
 
     def chat(
         self, request: dict[str, Any], emit: Emit, cancelled: Callable[[], bool]
@@ -109,6 +94,8 @@ class LlamaCppRunner:
         generated = 0
         if limit == 0:
             return {"finish_reason": finish, "prompt_tokens": n_prompt, "completion_tokens": 0}
+        if not self._evaluate_prompt(prompt, cancelled):
+            return {"finish_reason": "cancelled", "prompt_tokens": n_prompt, "completion_tokens": 0}
         tokens = self.llm.generate(
             prompt,
             temp=float(request.get("temperature", 1.0)),
@@ -141,6 +128,46 @@ class LlamaCppRunner:
         text_out.flush()
         return {"finish_reason": finish, "prompt_tokens": n_prompt, "completion_tokens": generated}
 
+    def _evaluate_prompt(self, prompt: list[int], cancelled: Callable[[], bool]) -> bool:
+        """Evaluate all but the last prompt token, ``n_batch`` at a time; False if cancelled.
+
+        ``Llama.generate`` evaluates a whole prompt in one uninterruptible call (a 2,000-token
+        prompt takes seconds), so a cancel would wait for it. Done here, with a look at the
+        cancel between chunks and inside them, it leaves ``generate`` the state it looks for:
+        the context already holds ``prompt[:-1]``, so it keeps that prefix and evaluates only
+        the last token before sampling.
+        """
+        llm = self.llm
+        # What the context holds from earlier requests is reused as far as it matches.
+        held = llm.input_ids[: llm.n_tokens]
+        target = prompt[:-1]
+        keep = 0
+        for have, want in zip(held, target, strict=False):
+            if have != want:
+                break
+            keep += 1
+        if keep < llm.n_tokens and not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
+            keep = 0  # memory that cannot drop a suffix (recurrent): eval() clears all of it
+        llm.n_tokens = keep
+        lib = self._lib
+        self._abort_check = cancelled
+        lib.llama_set_abort_callback(llm.ctx, self._abort_callback, None)
+        try:
+            for start in range(keep, len(target), self.n_batch):
+                if cancelled():
+                    return False
+                try:
+                    llm.eval(target[start : start + self.n_batch])
+                except RuntimeError:
+                    if cancelled():  # aborted: llama.cpp has dropped the unfinished chunk
+                        return False
+                    raise
+        finally:
+            # Generation checks between tokens itself; a callback per graph node would cost.
+            lib.llama_set_abort_callback(llm.ctx, lib.ggml_abort_callback(), None)
+            self._abort_check = _never
+        return True
+
     def _logprob_entry(self, token: int, piece: bytes, top_n: int) -> dict[str, Any]:
         pointer = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
         logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).astype(np.float64)
@@ -164,6 +191,10 @@ class LlamaCppRunner:
                     }
                 )
         return entry
+
+
+def _never() -> bool:
+    return False
 
 
 class _StopScanner:

@@ -3,13 +3,15 @@
 Local models (llama.cpp, sentence-transformers) get ``workers`` supervised worker processes,
 each one slot. Upstream models get ``max_concurrency`` slots over one pooled HTTP backend.
 The pipeline asks the engine for a runner by alias and leases a slot from its queue.
+A model is ready while a worker serves it, and also while a worker that has loaded it before
+is being restarted; only a model that has never loaded, or cannot load, makes /readyz 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -28,7 +30,9 @@ from shipway.engine.worker_process import WorkerProcess
 from shipway.errors import ConfigError, ModelNotFound, ModelUnavailable
 from shipway.telemetry.metrics import Metrics
 
-__all__ = ["Engine", "ModelRunner"]
+__all__ = ["Engine", "ModelRunner", "ModelState"]
+
+ModelState = Literal["serving", "restarting", "loading", "failing", "stopped"]
 
 
 class _UpstreamSlot:
@@ -114,8 +118,25 @@ class ModelRunner:
         self.queue.set_capacity(settings.workers)
 
     @property
+    def state(self) -> ModelState:
+        """``serving`` or ``restarting`` count as ready (for /readyz); the others do not."""
+        workers = self.workers
+        if self.upstream is not None or any(w.state in ("idle", "busy") for w in workers):
+            return "serving"
+        if all(w.state == "stopped" for w in workers):
+            return "stopped"
+        if all(w.failed_loads > 0 for w in workers):
+            return "failing"
+        # A worker being replaced (crash, kill after an ignored cancel) is a blip: queued
+        # requests wait for it, so the model stays ready rather than taking the gateway out
+        # of a load balancer's rotation along with every other model it serves.
+        if any(w.has_loaded for w in workers):
+            return "restarting"
+        return "loading"
+
+    @property
     def ready(self) -> bool:
-        return self.upstream is not None or any(w.state in ("idle", "busy") for w in self.workers)
+        return self.state in ("serving", "restarting")
 
     def check_available(self) -> None:
         """Fail fast when no worker can load the model, rather than queue until the deadline."""
@@ -154,6 +175,7 @@ class ModelRunner:
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "ready": self.ready,
+            "state": self.state,
             "backend": self.settings.backend,
             "capabilities": sorted(self.capabilities),
             "queue": {"waiting": self.waiting, "max_waiting": self.queue_settings.max_waiting},

@@ -3,8 +3,9 @@
 The worker loads one model and serves one request at a time. It speaks newline-delimited
 JSON: requests arrive on stdin, replies leave on a private copy of stdout (fd 1 itself is
 pointed at stderr, so a library that prints cannot corrupt the protocol). A reader thread
-takes ``cancel`` messages while the main thread generates, and the generation loop checks
-for them between tokens. When stdin closes (the gateway is gone) the worker exits.
+takes ``cancel`` messages while the main thread works, and the runners check for them
+between prompt batches, embedding batches and tokens, then answer at once so the worker is
+free again. When stdin closes (the gateway is gone) the worker exits.
 
 Replies: ``ready`` once the model is loaded; per request, any number of ``delta`` messages
 and then exactly one terminal ``done`` or ``error``.
@@ -28,6 +29,11 @@ from shipway.backends.local_errors import LocalModelError
 from shipway.backends.model_files import embedded_chat_model_path, embedded_embedding_model_path
 
 __all__ = ["main"]
+
+# The terminal reply to an embedding the gateway cancelled; nobody reads it, it only tells
+# the gateway that the worker is free again. (A cancelled chat is ``done`` with
+# finish_reason "cancelled".)
+_CANCELLED = {"kind": "cancelled", "message": "cancelled by the gateway", "param": None}
 
 
 class _Channel:
@@ -76,7 +82,11 @@ def _serve(
                 )
                 channel.send({"id": request_id, "type": "done", **result})
             elif job["op"] == "embed":
-                vectors, token_counts = runner.embed(job["request"])
+                embedded = runner.embed(job["request"], lambda rid=request_id: rid in cancelled)
+                if embedded is None:
+                    channel.send({"id": request_id, "type": "error", **_CANCELLED})
+                    continue
+                vectors, token_counts = embedded
                 channel.send(
                     {
                         "id": request_id,

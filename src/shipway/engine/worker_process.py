@@ -6,8 +6,10 @@ backoff that doubles up to 30 s, start it again. The object is also the *slot* t
 queue hands out and the ``Backend`` the pipeline calls: ``chat``/``stream``/``embed`` send
 one request and relay the replies. If the caller goes away (deadline, disconnect) the worker
 is told to cancel; a worker that does not finish within ``cancel_grace_s`` is killed, which
-is also how a hung model is noticed. The worker offers itself back to the queue only once it
-has sent the terminal reply of its request, so one model context never serves two requests.
+is also how a hung model is noticed; such a kill restarts the worker after the first backoff
+step without growing it, since it is not a crash loop. The worker offers itself back to the
+queue only once it has sent the terminal reply of its request, so one model context never
+serves two requests.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ class WorkerProcess:
         # Consecutive starts that ended before the model loaded: the model cannot be served
         # until one succeeds, so requests fail fast instead of waiting out their deadline.
         self.failed_loads = 0
+        # Once a worker has loaded the model, a later restart leaves the model ready (see
+        # ModelRunner.state): one worker being replaced is not the model being down.
+        self.has_loaded = False
         self.last_error: str | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._ids = itertools.count(1)
@@ -104,6 +109,7 @@ class WorkerProcess:
             "pid": self.pid,
             "restarts": self.restarts,
             "failed_loads": self.failed_loads,
+            "has_loaded": self.has_loaded,
             "last_error": self.last_error,
             **({"model_file": self.info} if self.info else {}),
         }
@@ -124,13 +130,19 @@ class WorkerProcess:
             self._metrics.worker_restarts.labels(self.model).inc()
             if time.monotonic() - started > 60:
                 backoff = self._settings.restart_backoff_s
-            self._log.warning("worker restarting", after_s=backoff, error=self.last_error)
-            await asyncio.sleep(backoff)
-            backoff = min(max(backoff * 2, 0.1), _MAX_BACKOFF_S)
+            if self._kill_reason is not None:
+                # Killed on purpose for ignoring a cancel: not a crash loop, so the backoff
+                # neither grows nor delays the restart beyond its first step.
+                delay = self._settings.restart_backoff_s
+            else:
+                delay, backoff = backoff, min(max(backoff * 2, 0.1), _MAX_BACKOFF_S)
+            self._log.warning("worker restarting", after_s=delay, error=self.last_error)
+            await asyncio.sleep(delay)
         self.state = "stopped"
 
     async def _run_once(self) -> None:
         self.state = "starting"
+        self._kill_reason = None
         env = {
             **os.environ,
             "HF_HUB_OFFLINE": "1",
@@ -153,7 +165,6 @@ class WorkerProcess:
         relay = asyncio.create_task(self._relay_output(process.stderr, process.pid))
         self._process = process
         self.pid = process.pid
-        self._kill_reason = None
         assert process.stdout is not None
         try:
             try:
@@ -167,6 +178,7 @@ class WorkerProcess:
                 self._log.error("worker failed to start", error=self.last_error)
                 return
             self.failed_loads = 0
+            self.has_loaded = True
             self.info = hello.get("info", {})
             self._log.info("worker ready", pid=process.pid, **self.info)
             self.state = "idle"
