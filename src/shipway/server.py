@@ -26,6 +26,7 @@ from shipway.api.openai_routes import OpenAIRoutes
 from shipway.config import ShipwaySettings
 from shipway.engine.engine import Engine
 from shipway.pipeline import Pipeline
+from shipway.telemetry.logging import AccessLog
 from shipway.telemetry.metrics import Metrics
 
 __all__ = ["build_app", "run"]
@@ -66,7 +67,9 @@ def build_app(settings: ShipwaySettings) -> Starlette:
     middleware = [
         Middleware(
             RequestMiddleware,
-            access_log=settings.server.access_log,
+            access_log=AccessLog(settings.server.log_level, settings.server.log_format)
+            if settings.server.access_log
+            else None,
             max_body_bytes=settings.server.max_body_bytes,
             metrics=metrics,
             paths=frozenset(route.path for route in routes if "{" not in route.path),
@@ -106,6 +109,8 @@ def run(settings: ShipwaySettings) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        # Decisions never rest on X-Forwarded-* (a client can send any); and it costs.
+        proxy_headers=False,
         timeout_keep_alive=server.keepalive_timeout_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=math.ceil(server.drain_timeout_s),
     )

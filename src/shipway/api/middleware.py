@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipway.api.errors import error_response
 from shipway.errors import PayloadTooLarge, ShipwayError
+from shipway.telemetry.logging import AccessLog
 from shipway.telemetry.metrics import Metrics
 
 __all__ = ["RequestMiddleware"]
@@ -32,7 +33,7 @@ class RequestMiddleware:
         self,
         app: ASGIApp,
         *,
-        access_log: bool,
+        access_log: AccessLog | None,
         max_body_bytes: int,
         metrics: Metrics,
         paths: frozenset[str],
@@ -95,8 +96,8 @@ class RequestMiddleware:
                 await error_response(internal)(scope, receive, send_with_id)
         finally:
             self._count(scope["path"], status)
-            if self.access_log:
-                self._log_access(scope, request_id, status, started)
+            if self.access_log is not None:
+                self._log_access(self.access_log, scope, request_id, status, started)
 
     def _count(self, path: str, status: int) -> None:
         # Label values stay bounded: a path no route serves is "(unmatched)".
@@ -128,24 +129,24 @@ class RequestMiddleware:
 
         return counting_receive
 
-    def _log_access(self, scope: Scope, request_id: str, status: int, started: float) -> None:
+    def _log_access(
+        self, access_log: AccessLog, scope: Scope, request_id: str, status: int, started: float
+    ) -> None:
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
         call = scope["state"].get("call")
-        extra: dict[str, Any] = {}
         if call is not None:
-            extra = {
-                "model": call.model,
-                "prompt_tokens": call.prompt_tokens,
-                "completion_tokens": call.completion_tokens,
-                "call_status": call.status,
-                "error_code": call.error_code,
-                **call.timings_ms(),
-            }
-        self.log.info(
-            "request",
-            request_id=request_id,
-            method=scope["method"],
-            path=scope["path"],
-            status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            **extra,
-        )
+            fields.update(
+                model=call.model,
+                prompt_tokens=call.prompt_tokens,
+                completion_tokens=call.completion_tokens,
+                call_status=call.status,
+                error_code=call.error_code,
+            )
+            fields.update(call.timings_ms())
+        access_log.write(fields)
