@@ -2,7 +2,15 @@
 
 Starlette under uvicorn (uvloop + httptools), one pooled client for the whole process, no
 parsing, no queue, no logs. ``--client httpx`` swaps aiohttp for httpx.AsyncClient so the two
-HTTP clients can be compared as proxy clients.
+HTTP clients can be compared as proxy clients. ``--server`` swaps the HTTP server under the
+same app, to choose Shipway's by measurement:
+
+- ``httptools``: uvicorn with httptools (the floor every other row is compared with);
+- ``h11``: uvicorn with h11 (pure Python; has a header size limit, no timeouts);
+- ``shipway``: uvicorn with httptools through Shipway's protocol subclass, every limit and
+  timeout on at its default (``shipway.api.http_protocol``);
+- ``granian``: granian's Rust HTTP server over ASGI, one worker, one runtime thread
+  (needs ``pip install granian``; not a Shipway dependency).
 
     python benchmarks/bare_forwarder.py --port 9200 --upstream http://127.0.0.1:9100
 """
@@ -10,8 +18,10 @@ HTTP clients can be compared as proxy clients.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -64,18 +74,60 @@ def build_app(upstream: str, client: str) -> Starlette:
     return Starlette(routes=[Route(PATH, handler, methods=["POST"])], lifespan=lifespan)
 
 
+def granian_app() -> Starlette:
+    """Granian imports its app by name; the upstream and client come through the environment."""
+    return build_app(os.environ["BARE_UPSTREAM"], os.environ["BARE_CLIENT"])
+
+
+def _shipway_protocol() -> type:
+    from shipway.api.http_protocol import ConnectionLimits, protocol_class
+    from shipway.config import ServerSettings
+    from shipway.telemetry.metrics import Metrics
+
+    defaults = ServerSettings()
+    limits = ConnectionLimits(
+        max_header_bytes=defaults.max_header_bytes,
+        header_timeout_s=defaults.header_timeout_s,
+        body_timeout_s=defaults.body_timeout_s,
+        write_timeout_s=defaults.write_timeout_s,
+        max_connections=defaults.max_connections,
+    )
+    return protocol_class(limits, Metrics())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="bare Starlette forwarder")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9100")
     parser.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp")
+    parser.add_argument(
+        "--server", choices=["httptools", "h11", "shipway", "granian"], default="httptools"
+    )
     args = parser.parse_args()
+    if args.server == "granian":
+        from granian.server import Server
+
+        os.environ.update(BARE_UPSTREAM=args.upstream, BARE_CLIENT=args.client)
+        Server(
+            "bare_forwarder:granian_app",
+            factory=True,
+            address="127.0.0.1",
+            port=args.port,
+            interface="asgi",  # type: ignore[arg-type]
+            loop="uvloop",  # type: ignore[arg-type]
+            workers=1,
+            runtime_threads=1,
+            log_level="warning",  # type: ignore[arg-type]
+            working_dir=Path(__file__).parent,
+        ).serve()
+        return
+    http: Any = {"httptools": "httptools", "h11": "h11", "shipway": None}[args.server]
     uvicorn.run(
         build_app(args.upstream, args.client),
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=http or _shipway_protocol(),
         access_log=False,
         log_level="warning",
     )

@@ -39,15 +39,19 @@ def upstream() -> Iterator[Server]:
     srv.stop()
 
 
-@pytest.fixture(scope="module")
-def gateway(upstream: Server) -> Iterator[Server]:
-    one_slot = {
+def _one_slot(upstream: Server) -> dict[str, object]:
+    """The fake upstream's echo model with a single slot: one held stream blocks it."""
+    return {
         "backend": "openai",
         "base_url": upstream.base + "/v1",
         "upstream_model": "echo",
         "max_concurrency": 1,
     }
-    srv = shipway_server({"server": LIMITS, "models": {"up": one_slot}})
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: Server) -> Iterator[Server]:
+    srv = shipway_server({"server": LIMITS, "models": {"up": _one_slot(upstream)}})
     yield srv
     srv.stop()
 
@@ -87,17 +91,11 @@ def _worker_state(server: Server) -> str:
 @pytest.fixture(scope="module")
 def patient_gateway(upstream: Server) -> Iterator[Server]:
     """A long write timeout, so only the end of generation can free a stalled stream's slot."""
-    one_slot = {
-        "backend": "openai",
-        "base_url": upstream.base + "/v1",
-        "upstream_model": "echo",
-        "max_concurrency": 1,
-    }
     srv = shipway_server(
         {
             "server": {"write_timeout_s": 120, "max_body_bytes": 16 * 1024 * 1024},
             "embedded_models": False,
-            "models": {"up": one_slot},
+            "models": {"up": _one_slot(upstream)},
         },
         ready_path="/healthz",
     )
