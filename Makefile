@@ -7,6 +7,12 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 HOST ?= 127.0.0.1
 PORT ?= 8700
+# A prebuilt llama-cpp-python wheel beside the project, when there is one, saves its 5-15
+# minute compile; without it pip builds from source as usual.
+SHARED_WHEELS := $(wildcard $(CURDIR)/../shared/wheels/*.whl)
+ifneq ($(SHARED_WHEELS),)
+export PIP_FIND_LINKS := $(strip $(PIP_FIND_LINKS) $(abspath $(CURDIR)/../shared/wheels))
+endif
 
 .PHONY: serve test test-fast lint format bench docs clean
 
