@@ -45,7 +45,7 @@ def _drain_and_check(server: Server) -> None:
             break
     server.proc.send_signal(signal.SIGTERM)
     thread.join(60)
-    assert result["r"].status_code == 200
+    assert result["r"].status_code == 200, result["r"].text + server.log.read_text()[-4000:]
     assert result["r"].json()["usage"]["completion_tokens"] == 150
     # uvicorn re-raises the signal once drained, the conventional exit for a SIGTERM.
     assert server.proc.wait(30) in (0, -signal.SIGTERM)
