@@ -5,7 +5,9 @@ Source order, lowest to highest: the defaults below → the YAML file → enviro
 flags. Every model rejects unknown keys, and ``load_settings`` turns pydantic's errors into
 messages that name the file and the dotted path of each bad key. Only this module reads the
 environment for settings; secrets (upstream API keys) are read from the variable named by
-``api_key_env`` when the backend starts, never from the file.
+``api_key_env`` when the backend starts, never from the file, and a ``database_url`` or
+``redis_url`` with a password is accepted from ``SHIPWAY_DATABASE_URL`` /
+``SHIPWAY_REDIS_URL`` only.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -233,6 +236,10 @@ ModelSettings = Annotated[
     Field(discriminator="backend"),
 ]
 
+_DATABASE_SCHEMES = {"sqlite", "sqlite+aiosqlite", "postgres", "postgresql", "postgresql+asyncpg"}
+# Settings that may carry a password: allowed from the environment, refused in the file.
+_SECRET_URLS = ("database_url", "redis_url")
+
 _EMBEDDED_DEFAULTS: dict[str, dict[str, Any]] = {
     EMBEDDED_CHAT_MODEL: {"backend": "llamacpp"},
     EMBEDDED_EMBEDDING_MODEL: {"backend": "sentence_transformers"},
@@ -278,6 +285,24 @@ class ShipwaySettings(BaseSettings):
     models: dict[str, ModelSettings] = Field(
         default_factory=dict, description="Model alias → backend and its parameters."
     )
+    data_dir: Path = Field(
+        Path("shipway-data"),
+        description="Where Shipway keeps its state (the SQLite database `shipway.db`), "
+        "relative to the directory it is started in. Created on start, readable by its owner "
+        "only.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="A PostgreSQL database to use instead of the SQLite file, e.g. "
+        "`postgresql://shipway@db:5432/shipway` (or `sqlite:///PATH`). A URL with a "
+        "password is refused in the file: set `SHIPWAY_DATABASE_URL` in the environment.",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis shared by every replica for counters (rate limits, budgets), e.g. "
+        "`redis://127.0.0.1:6379/0`; unset keeps them in process memory. A URL with a "
+        "password belongs in `SHIPWAY_REDIS_URL`, not the file.",
+    )
 
     # The parsed YAML document; `load_settings` sets it on a one-off subclass.
     yaml_document: ClassVar[dict[str, Any]] = {}
@@ -306,6 +331,20 @@ class ShipwaySettings(BaseSettings):
         merged.update(models)
         return {**data, "models": merged}
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str | None) -> str | None:
+        if value is not None and value.partition(":")[0] not in _DATABASE_SCHEMES:
+            raise ValueError("must be a postgresql://USER@HOST:PORT/DATABASE or sqlite:///PATH URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and value.partition(":")[0] not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://HOST:PORT/DB, rediss:// or unix:// URL")
+        return value
+
     @field_validator("models")
     @classmethod
     def _valid_aliases(cls, models: dict[str, Any]) -> dict[str, Any]:
@@ -326,6 +365,7 @@ def load_settings(
     data: dict[str, Any] = {}
     if config_file is not None:
         data = _read_yaml(Path(config_file))
+        _refuse_secrets(data, source)
     from_file = type("ShipwaySettings", (ShipwaySettings,), {"yaml_document": data})
     try:
         settings: ShipwaySettings = from_file(**(overrides or {}))
@@ -350,6 +390,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, not a list or value")
     return document
+
+
+def _refuse_secrets(document: dict[str, Any], source: str) -> None:
+    for key in _SECRET_URLS:
+        value = document.get(key)
+        if not isinstance(value, str):
+            continue
+        try:
+            password = urlsplit(value).password
+        except ValueError:
+            continue  # not a URL: the field's own validator says so
+        if password:
+            raise ConfigError(
+                f"{source}: {key} holds a password, and secrets never go in the file; "
+                f"remove it here and set SHIPWAY_{key.upper()} in the environment instead"
+            )
 
 
 _BACKEND_TAGS = {"llamacpp", "sentence_transformers", "openai"}

@@ -37,7 +37,8 @@ variables → CLI flags. Unknown keys are rejected with their dotted path, and
 
 Environment variables use the `SHIPWAY_` prefix and `__` between nested keys, e.g.
 `SHIPWAY_SERVER__PORT=9000`. Secrets are never in the file: an upstream's key is read from
-the variable named by its `api_key_env`.
+the variable named by its `api_key_env`, and a `database_url` or `redis_url` with a password
+is refused there: set `SHIPWAY_DATABASE_URL` or `SHIPWAY_REDIS_URL` in the environment.
 """
 
 

@@ -13,6 +13,7 @@ pydantic) are translated into these at the boundary where they happen, with ``ra
     │   └── ModelNotFound             404 code=model_not_found
     ├── MethodNotAllowed              405 (+ Allow)
     ├── RequestTimeout                408 code=request_timeout  (headers or body too slow)
+    ├── Conflict                      409 code=conflict  (a name already taken)
     ├── PayloadTooLarge               413
     ├── UnsupportedMediaType          415
     ├── QueueFull                     429 code=queue_full   (+ Retry-After)
@@ -22,6 +23,7 @@ pydantic) are translated into these at the boundary where they happen, with ``ra
     ├── ModelUnavailable              503 service_unavailable (+ Retry-After)
     │   └── WorkerCrashed             503 code=worker_crashed
     ├── TooManyConnections            503 code=too_many_connections
+    ├── StoreUnavailable              503 code=store_unavailable  (database or Redis unreachable)
     └── DeadlineExceeded              504 code=timeout
 
 Errors the HTTP connection layer raises itself (408, 431, 503 at the connection cap) are
@@ -33,6 +35,7 @@ from __future__ import annotations
 __all__ = [
     "ClientClosedRequest",
     "ConfigError",
+    "Conflict",
     "ContextLengthExceeded",
     "DeadlineExceeded",
     "HeadersTooLarge",
@@ -45,6 +48,7 @@ __all__ = [
     "QueueFull",
     "RequestTimeout",
     "ShipwayError",
+    "StoreUnavailable",
     "TooManyConnections",
     "UnsupportedMediaType",
     "UnsupportedParameter",
@@ -127,6 +131,12 @@ class RequestTimeout(ShipwayError):
     code = "request_timeout"
 
 
+class Conflict(ShipwayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class PayloadTooLarge(ShipwayError):
     status = 413
     type = "invalid_request_error"
@@ -193,6 +203,14 @@ class TooManyConnections(ShipwayError):
     status = 503
     type = "service_unavailable"
     code = "too_many_connections"
+
+
+class StoreUnavailable(ShipwayError):
+    """The database or Redis cannot be reached; the message names which and how to check."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "store_unavailable"
 
 
 class DeadlineExceeded(ShipwayError):

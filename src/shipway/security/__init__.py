@@ -1,0 +1,1 @@
+"""Security: guards on what goes into and comes out of the models."""
