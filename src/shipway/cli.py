@@ -41,9 +41,18 @@ def serve(
     port: Annotated[int | None, typer.Option(help="server.port")] = None,
     log_level: Annotated[str | None, typer.Option(help="server.log_level")] = None,
     log_format: Annotated[str | None, typer.Option(help="server.log_format")] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="server.ssl_certfile")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="server.ssl_keyfile")] = None,
 ) -> None:
     """Serve the OpenAI-compatible API (with no config: the two embedded models)."""
-    flags = {"host": host, "port": port, "log_level": log_level, "log_format": log_format}
+    flags = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "log_format": log_format,
+        "ssl_certfile": ssl_certfile,
+        "ssl_keyfile": ssl_keyfile,
+    }
     server = {k: v for k, v in flags.items() if v is not None}
     settings = _load(config, {"server": server} if server else None)
 

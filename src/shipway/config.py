@@ -100,6 +100,26 @@ class ServerSettings(_Strict):
     max_messages: int = Field(
         2048, ge=1, description="Most `messages` a chat request may carry; more gets 400."
     )
+    ssl_certfile: Path | None = Field(
+        None,
+        description="PEM certificate (chain) to serve HTTPS with; needs `ssl_keyfile` too.",
+    )
+    ssl_keyfile: Path | None = Field(
+        None, description="PEM private key of `ssl_certfile` (keep it readable by Shipway only)."
+    )
+
+    @field_validator("ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no file at {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together: set both or neither")
+        return self
 
 
 class QueueSettings(_Strict):

@@ -52,7 +52,8 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 50, 1000)
-        log.info("serving", host=settings.server.host, port=settings.server.port)
+        scheme = "https" if settings.server.ssl_certfile else "http"
+        log.info("serving", host=settings.server.host, port=settings.server.port, scheme=scheme)
         try:
             yield
         finally:
@@ -113,6 +114,8 @@ def run(settings: ShipwaySettings) -> None:
         proxy_headers=False,
         timeout_keep_alive=server.keepalive_timeout_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=math.ceil(server.drain_timeout_s),
+        ssl_certfile=server.ssl_certfile,
+        ssl_keyfile=server.ssl_keyfile,
     )
 
 

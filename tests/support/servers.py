@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -23,13 +24,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_http(
+    url: str,
+    timeout_s: float,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2, verify=verify).status_code == 200:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"{url} not ready after {timeout_s}s:\n{log.read_text()[-4000:]}")
@@ -44,9 +51,11 @@ class Server:
         ready_path: str,
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 120,
+        ca_file: str | None = None,
     ) -> None:
+        """``ca_file``: the server speaks HTTPS with a certificate this file vouches for."""
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="shipway-test-")
         self.log = Path(self._dir.name) / "server.log"
         self._log_file = self.log.open("wb")
@@ -59,7 +68,8 @@ class Server:
             start_new_session=True,
         )
         try:
-            wait_http(self.base + ready_path, ready_timeout_s, self.proc, self.log)
+            trust = ssl.create_default_context(cafile=ca_file) if ca_file else True
+            wait_http(self.base + ready_path, ready_timeout_s, self.proc, self.log, trust)
         except BaseException:
             self.stop()
             raise
@@ -84,6 +94,7 @@ def shipway_server(
     config: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     ready_path: str = "/readyz",
+    ca_file: str | None = None,
 ) -> Server:
     argv = [sys.executable, "-m", "shipway", "serve", "--port", "{port}"]
     cfg_dir = tempfile.mkdtemp(prefix="shipway-cfg-")
@@ -91,7 +102,7 @@ def shipway_server(
         path = Path(cfg_dir) / "shipway.yaml"
         path.write_text(yaml.safe_dump(config))
         argv += ["--config", str(path)]
-    return Server(argv, ready_path, env=env)
+    return Server(argv, ready_path, env=env, ca_file=ca_file)
 
 
 def fake_upstream() -> Server:

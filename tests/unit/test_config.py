@@ -135,3 +135,14 @@ def test_per_model_queue_overrides_inherit(tmp_path: Path) -> None:
 def test_example_config_is_valid() -> None:
     settings = load_settings(Path(__file__).parents[2] / "examples" / "shipway.yaml")
     assert "gpt-4o-mini" in settings.models
+
+
+def test_tls_needs_both_files_and_they_must_exist(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not checked here; uvicorn loads it")
+    with pytest.raises(ConfigError, match="ssl_certfile and ssl_keyfile go together"):
+        load_settings(_write(tmp_path, f"server:\n  ssl_certfile: {cert}\n"))
+    missing = tmp_path / "nope.pem"
+    text = f"server:\n  ssl_certfile: {cert}\n  ssl_keyfile: {missing}\n"
+    with pytest.raises(ConfigError, match=r"server.ssl_keyfile: .*no file at"):
+        load_settings(_write(tmp_path, text))
