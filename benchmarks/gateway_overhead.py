@@ -8,7 +8,8 @@ fake upstream share core 1. Also: aiohttp vs httpx as the forwarder's client (at
 HTTP server under the same forwarder (uvicorn httptools, uvicorn h11, uvicorn httptools with
 Shipway's limits and timeouts, granian if installed), and the load generator's own ceiling.
 
-    python benchmarks/gateway_overhead.py [--quick] [--loadgen wrk|aiohttp]
+    python benchmarks/gateway_overhead.py [--quick] [--loadgen wrk|aiohttp] [--rounds N]
+                                          [--only bare-aiohttp@shipway,shipway]
 """
 
 from __future__ import annotations
@@ -51,8 +52,17 @@ def main() -> None:
         [
             ("--loadgen", {"choices": ["auto", "wrk", "aiohttp"], "default": "auto"}),
             ("--rounds", {"type": int, "default": 5, "help": "interleaved rounds per row"}),
+            (
+                "--only",
+                {
+                    "default": "",
+                    "help": "comma-separated targets to measure besides direct and "
+                    "bare-aiohttp, e.g. bare-aiohttp@shipway,shipway",
+                },
+            ),
         ],
     )
+    only = {name for name in args.only.split(",") if name}
     concurrencies = [1, 16] if args.quick else [1, 16, 64]
     seconds, warmup = (2, 1) if args.quick else (4, 4)
     rounds = 1 if args.quick else args.rounds
@@ -91,6 +101,9 @@ def main() -> None:
         if not args.quick and loadgen.have_wrk():
             targets.append((f"direct ({other} loadgen)", upstream + PATH, [16]))
 
+        if only:
+            wanted = only | {"direct", "bare-aiohttp"}
+            targets = [t for t in targets if t[0] in wanted]
         for c in concurrencies:
             for round_ in range(rounds):
                 for name, url, levels in targets:
@@ -145,38 +158,9 @@ def print_report(
             for (target, c), r in results.items()
         ],
     )
-    rows = []
-    for c in concurrencies:
-        direct, bare, ship = (results[(t, c)] for t in ("direct", "bare-aiohttp", "shipway"))
-        rows.append(
-            [
-                c,
-                direct["p50_ms"],
-                bare["p50_ms"] - direct["p50_ms"],
-                ship["p50_ms"] - direct["p50_ms"],
-                bare["rps"],
-                ship["rps"],
-                f"{ratios[('shipway', c)]:.0%}",
-                f"{ratios[('shipway+access_log', c)]:.0%}"
-                if ("shipway+access_log", c) in ratios
-                else "-",
-            ]
-        )
-    summary = table(
-        [
-            "concurrency",
-            "direct p50 ms",
-            "bare overhead p50 ms",
-            "shipway overhead p50 ms",
-            "bare req/s",
-            "shipway req/s",
-            "shipway % of bare",
-            "shipway+access_log % of bare",
-        ],
-        rows,
-    )
-    sections = ["All measurements:", raw, "Overhead (p50 minus direct p50):", summary]
-    sections.append("\n".join(verdicts(results, ratios, concurrencies)))
+    sections = ["All measurements:", raw]
+    if all(("shipway", c) in results for c in concurrencies):
+        sections += _overhead_sections(results, ratios, concurrencies)
     if ("bare-httpx", 16) in results:
         a, h = results[("bare-aiohttp", 16)], results[("bare-httpx", 16)]
         sections += [
@@ -227,6 +211,48 @@ def print_report(
             f"-d{seconds}s --timeout 10s -s post.lua URL`."
         )
     report("Gateway overhead (fake upstream, model `fixed`)", sections, notes)
+
+
+def _overhead_sections(
+    results: dict[tuple[str, int], dict[str, Any]],
+    ratios: dict[tuple[str, int], float],
+    concurrencies: list[int],
+) -> list[str]:
+    rows = []
+    for c in concurrencies:
+        direct, bare, ship = (results[(t, c)] for t in ("direct", "bare-aiohttp", "shipway"))
+        rows.append(
+            [
+                c,
+                direct["p50_ms"],
+                bare["p50_ms"] - direct["p50_ms"],
+                ship["p50_ms"] - direct["p50_ms"],
+                bare["rps"],
+                ship["rps"],
+                f"{ratios[('shipway', c)]:.0%}",
+                f"{ratios[('shipway+access_log', c)]:.0%}"
+                if ("shipway+access_log", c) in ratios
+                else "-",
+            ]
+        )
+    summary = table(
+        [
+            "concurrency",
+            "direct p50 ms",
+            "bare overhead p50 ms",
+            "shipway overhead p50 ms",
+            "bare req/s",
+            "shipway req/s",
+            "shipway % of bare",
+            "shipway+access_log % of bare",
+        ],
+        rows,
+    )
+    return [
+        "Overhead (p50 minus direct p50):",
+        summary,
+        "\n".join(verdicts(results, ratios, concurrencies)),
+    ]
 
 
 def verdicts(
