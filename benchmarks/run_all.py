@@ -20,7 +20,13 @@ from pathlib import Path
 
 from _common import BENCH_DIR, ROOT, log
 
-SCRIPTS = ["gateway_overhead.py", "embedded_chat.py", "embeddings.py", "startup.py"]
+SCRIPTS = [
+    "gateway_overhead.py",
+    "http_protocol_overhead.py",
+    "embedded_chat.py",
+    "embeddings.py",
+    "startup.py",
+]
 DOC = ROOT / "docs" / "performance.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 BUSY_OTHERS = 0.10  # share of the CPU used by other processes that makes a run preliminary
