@@ -84,14 +84,7 @@ def _shipway_protocol() -> type:
     from shipway.config import ServerSettings
     from shipway.telemetry.metrics import Metrics
 
-    defaults = ServerSettings()
-    limits = ConnectionLimits(
-        max_header_bytes=defaults.max_header_bytes,
-        header_timeout_s=defaults.header_timeout_s,
-        body_timeout_s=defaults.body_timeout_s,
-        write_timeout_s=defaults.write_timeout_s,
-        max_connections=defaults.max_connections,
-    )
+    limits = ConnectionLimits.from_settings(ServerSettings())
     return protocol_class(limits, Metrics())
 
 

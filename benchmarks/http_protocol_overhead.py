@@ -86,14 +86,7 @@ async def per_request_us(protocol_cls: type, requests: int) -> float:
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     rounds, requests = (3, 2_000) if args.quick else (15, 20_000)
-    defaults = ServerSettings()
-    limits = ConnectionLimits(
-        max_header_bytes=defaults.max_header_bytes,
-        header_timeout_s=defaults.header_timeout_s,
-        body_timeout_s=defaults.body_timeout_s,
-        write_timeout_s=defaults.write_timeout_s,
-        max_connections=defaults.max_connections,
-    )
+    limits = ConnectionLimits.from_settings(ServerSettings())
     shipway = protocol_class(limits, Metrics())
     samples: dict[str, list[float]] = {"uvicorn httptools": [], "shipway limits": []}
 

@@ -94,13 +94,7 @@ def run(settings: ShipwaySettings) -> None:
 
     app = build_app(settings)
     server = settings.server
-    limits = ConnectionLimits(
-        max_header_bytes=server.max_header_bytes,
-        header_timeout_s=server.header_timeout_s,
-        body_timeout_s=server.body_timeout_s,
-        write_timeout_s=server.write_timeout_s,
-        max_connections=_connection_cap(server.max_connections),
-    )
+    limits = ConnectionLimits.from_settings(server, _connection_cap(server.max_connections))
     uvicorn.run(
         app,
         host=server.host,

@@ -39,6 +39,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from shipway.config import ServerSettings
 from shipway.errors import HeadersTooLarge, RequestTimeout, ShipwayError, TooManyConnections
 from shipway.telemetry.metrics import Metrics
 
@@ -52,6 +53,19 @@ class ConnectionLimits:
     body_timeout_s: float
     write_timeout_s: float
     max_connections: int
+
+    @classmethod
+    def from_settings(
+        cls, server: ServerSettings, max_connections: int | None = None
+    ) -> ConnectionLimits:
+        """``max_connections`` overrides the setting (server.py fits it under the fd limit)."""
+        return cls(
+            max_header_bytes=server.max_header_bytes,
+            header_timeout_s=server.header_timeout_s,
+            body_timeout_s=server.body_timeout_s,
+            write_timeout_s=server.write_timeout_s,
+            max_connections=max_connections or server.max_connections,
+        )
 
 
 class _Registry:
