@@ -197,6 +197,7 @@ def test_requests_refused_before_routing_are_counted(server: Server) -> None:
             "response_format",
         ),
         ({"frobnicate": True}, "frobnicate"),
+        ({"api_base": "http://198.51.100.7/v1"}, "api_base"),
         (
             {
                 "messages": [

@@ -64,6 +64,25 @@ def test_plain_chat_maps_model_and_sends_key(client: openai.OpenAI, upstream: Se
     assert seen["headers"]["Authorization"] == "Bearer sk-test-123"
 
 
+def test_fields_that_would_pick_an_endpoint_or_key_are_not_forwarded(
+    gateway: Server, upstream: Server
+) -> None:
+    smuggled = {
+        "api_base": "http://198.51.100.7/v1",
+        "base_url": "http://198.51.100.7/v1",
+        "api_key": "sk-attacker",
+        "extra_headers": {"Authorization": "Bearer sk-attacker"},
+        "top_k": 5,  # a vendor extension: still forwarded
+    }
+    body = {"model": "up", "messages": [{"role": "user", "content": "hi"}], **smuggled}
+    response = httpx.post(gateway.base + "/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    seen = httpx.get(upstream.base + "/_last").json()
+    assert not {"api_base", "base_url", "api_key", "extra_headers"} & set(seen["body"])
+    assert seen["body"]["top_k"] == 5
+    assert seen["headers"]["Authorization"] == "Bearer sk-test-123"
+
+
 def test_streaming_is_relayed_chunk_by_chunk(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model="up", messages=[{"role": "user", "content": "one two three"}], stream=True

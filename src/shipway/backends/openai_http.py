@@ -25,6 +25,21 @@ __all__ = ["OpenAIHTTPBackend", "sse_lines"]
 _MAX_SSE_LINE = 16 * 1024 * 1024
 _MAX_ERROR_BODY = 64 * 1024
 _PASSED_THROUGH = {400, 404, 409, 413, 415, 422, 429}
+# Shipway's own `timeout`, and fields with which SDK-style proxies (LiteLLM and the like)
+# let a body choose the endpoint or credentials: where a request goes and with what key
+# comes from the configuration only, so these never reach an upstream that might honour them.
+_NOT_FORWARDED = frozenset(
+    {
+        "timeout",
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "organization",
+        "extra_headers",
+        "custom_llm_provider",
+    }
+)
 
 
 class OpenAIHTTPBackend:
@@ -58,7 +73,7 @@ class OpenAIHTTPBackend:
         return f"{self.settings.base_url}/{path}"
 
     def _body(self, body: dict[str, Any], **changes: Any) -> bytes:
-        out = {k: v for k, v in body.items() if k != "timeout"}
+        out = {k: v for k, v in body.items() if k not in _NOT_FORWARDED}
         out.update(model=self.upstream_model, **changes)
         try:
             return orjson.dumps(out)
