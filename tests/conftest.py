@@ -1,8 +1,4 @@
-import os
-
 import pytest
-
-ON_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -19,12 +19,12 @@ import asyncpg
 import pytest
 import redis
 from sqlalchemy.engine import make_url
+from tests.support.shared_files import ON_CI
 from tests.support.stores import Replicas
 
 from shipway.store import Counter, Database
 from shipway.store.models import Base
 
-ON_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -3,7 +3,6 @@
 The corpus holds real attack texts: these tests print counts and ids, never texts.
 """
 
-import os
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from tests.support.shared_files import CORPORA, shared_corpus
 
 from shipway.security.injection import (
     MAX_SCAN_CHARS,
@@ -25,9 +25,8 @@ from shipway.security.injection_report import flags_shipped, markdown, rates
 from shipway.security.text_features import NgramHasher, normalise
 from shipway.security.train_injection import Dataset, train
 
-CORPUS = Path(__file__).parents[3] / "shared" / "corpora" / "injection-dev.jsonl"
+CORPUS = CORPORA / "injection-dev.jsonl"
 DOCS = Path(__file__).parents[2] / "docs" / "security.md"
-ON_CI = os.environ.get("CI", "").lower() == "true"
 # Floors on the dev set at the shipped threshold (the model was trained on it: a regression
 # check, not an estimate of unseen attacks; docs/security.md has the held-out estimate).
 MAX_BENIGN_FPR = 0.01
@@ -45,11 +44,7 @@ BENIGN = [
 
 @pytest.fixture(scope="module")
 def corpus() -> list[Example]:
-    if not CORPUS.exists():
-        if ON_CI:
-            pytest.fail(f"{CORPUS} is missing on CI")
-        pytest.skip(f"{CORPUS} is missing: the shared corpora are not checked out here")
-    return load_corpus(CORPUS)
+    return load_corpus(shared_corpus(CORPUS.name))
 
 
 @pytest.fixture(scope="module")

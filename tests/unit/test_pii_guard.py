@@ -8,13 +8,13 @@ of its type.
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.support.pii_eval import load_corpus, render_table, score
+from tests.support.shared_files import CORPORA, shared_corpus
 
 from shipway.security.pii import (
     PATTERN_TYPES,
@@ -25,7 +25,7 @@ from shipway.security.pii import (
     restore,
 )
 
-CORPUS = Path(__file__).parents[3] / "shared" / "corpora" / "pii-dev.jsonl"
+CORPUS = CORPORA / "pii-dev.jsonl"
 SECURITY_DOC = Path(__file__).parents[2] / "docs" / "security.md"
 RECALL_TARGET = 0.99
 
@@ -53,11 +53,7 @@ def guard() -> PiiGuard:
 
 @pytest.fixture(scope="module")
 def corpus() -> list[dict[str, Any]]:
-    if not CORPUS.exists():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"the PII dev corpus {CORPUS} is missing on CI")
-        pytest.skip(f"the PII dev corpus {CORPUS} is not here (it lives in ../shared/corpora)")
-    return load_corpus(CORPUS)
+    return load_corpus(shared_corpus(CORPUS.name))
 
 
 def test_recall_per_pattern_type_meets_the_target(
