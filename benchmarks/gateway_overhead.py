@@ -3,9 +3,11 @@
 The fake upstream (model ``fixed``) answers a constant tiny chat completion. In one run we
 measure requests/s and p50/p99 latency at several concurrencies for: the upstream called
 directly; a bare Starlette+aiohttp forwarder (the floor for a Python gateway); and
-``shipway serve``. The server under test is pinned to core 0; the load generator and the
-fake upstream share core 1. Also: aiohttp vs httpx as the forwarder's client (at c=16), the
-HTTP server under the same forwarder (uvicorn httptools, uvicorn h11, uvicorn httptools with
+``shipway serve`` in four set-ups (SHIPWAY_TARGETS: nothing on; a key and rate limits on every
+request; the whole pipeline, which adds the access and audit logs; and that plus the
+injection guard). The server under test is pinned to core 0; the load generator and the fake
+upstream share core 1. Also: aiohttp vs httpx as the forwarder's client (at c=16), the HTTP
+server under the same forwarder (uvicorn httptools, uvicorn h11, uvicorn httptools with
 Shipway's limits and timeouts, granian if installed), and the load generator's own ceiling.
 
     python benchmarks/gateway_overhead.py [--quick] [--loadgen wrk|aiohttp] [--rounds N]
@@ -17,10 +19,23 @@ from __future__ import annotations
 import importlib.util
 import json
 import statistics
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import loadgen
-from _common import BENCH_DIR, PYTHON, Servers, free_port, log, parse_args, pinned, report, table
+from _common import (
+    BENCH_DIR,
+    PYTHON,
+    SHIPWAY,
+    Servers,
+    free_port,
+    log,
+    parse_args,
+    pinned,
+    report,
+    table,
+)
 
 PATH = "/v1/chat/completions"
 BODY = json.dumps(
@@ -36,14 +51,40 @@ def available(http_server: str) -> bool:
     return http_server != "granian" or importlib.util.find_spec("granian") is not None
 
 
-def shipway_config(upstream: str, access_log: bool) -> dict[str, Any]:
+# What each Shipway target turns on. keys: a key on every request with rate limits (high
+# enough never to refuse); logs: the access log and the audit log; guard: the injection guard
+# (block). "shipway+pipeline" is the whole pipeline the ≥ 70% target is about.
+SHIPWAY_TARGETS: dict[str, dict[str, bool]] = {
+    "shipway": {"keys": False, "logs": False, "guard": False},
+    "shipway+keys+limits": {"keys": True, "logs": False, "guard": False},
+    "shipway+pipeline": {"keys": True, "logs": True, "guard": False},
+    "shipway+pipeline+guard": {"keys": True, "logs": True, "guard": True},
+}
+
+
+def shipway_config(
+    upstream: str, data_dir: Path, *, keys: bool, logs: bool, guard: bool
+) -> dict[str, Any]:
     model = {"backend": "openai", "base_url": f"{upstream}/v1", "upstream_model": "fixed"}
-    return {
-        "server": {"access_log": access_log},
+    config: dict[str, Any] = {
+        "server": {"access_log": logs},
         "queue": {"max_waiting": 1024},
         "embedded_models": False,
         "models": {"fixed": {**model, "max_concurrency": 256}},
+        "data_dir": str(data_dir),
+        "audit": {"enabled": logs},
     }
+    if guard:
+        config["guards"] = {"injection": "block"}
+    return config
+
+
+def make_key(data_dir: Path) -> str:
+    """A key with rate limits no benchmark reaches, made with the CLI as a user would."""
+    argv = [SHIPWAY, "keys", "create", "--name", "bench", "--data-dir", str(data_dir)]
+    argv += ["--rpm", "100000000", "--tpm", "1000000000000"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
+    return done.stdout.strip()
 
 
 def main() -> None:
@@ -77,7 +118,9 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{port}"
         argv = [PYTHON, "-m", "shipway.ops.fake_upstream", "--port", str(port)]
         servers.start("fake-upstream", pinned(CLIENT_CPU, argv), port=port)
-        targets: list[tuple[str, str, list[int]]] = [("direct", upstream + PATH, concurrencies)]
+        targets: list[tuple[str, str, list[int], dict[str, str]]] = [
+            ("direct", upstream + PATH, concurrencies, {})
+        ]
 
         forwarders = [("aiohttp", "httptools"), ("httpx", "httptools")]
         if not args.quick:
@@ -89,24 +132,30 @@ def main() -> None:
             name = f"bare-{client}" + ("" if http_server == "httptools" else f"@{http_server}")
             servers.start(name, pinned(SERVER_CPU, argv), port=port)
             levels = concurrencies if client == "aiohttp" else [16]
-            targets.append((name, f"http://127.0.0.1:{port}{PATH}", levels))
+            targets.append((name, f"http://127.0.0.1:{port}{PATH}", levels, {}))
 
-        for access_log in (False,) if args.quick else (False, True):
-            name = "shipway+access_log" if access_log else "shipway"
-            config = shipway_config(upstream, access_log)
+        shipways = list(SHIPWAY_TARGETS)
+        for name in shipways:
+            if only and name not in only:
+                continue
+            data_dir = servers.tmp / f"{name}-data"
+            config = shipway_config(upstream, data_dir, **SHIPWAY_TARGETS[name])
+            headers = {}
+            if SHIPWAY_TARGETS[name]["keys"]:
+                headers["Authorization"] = f"Bearer {make_key(data_dir)}"
             _, base = servers.shipway(name, config, cpus=SERVER_CPU)
-            targets.append((name, base + PATH, concurrencies))
+            targets.append((name, base + PATH, concurrencies, headers))
 
         other = "aiohttp" if tool == "wrk" else "wrk"
         if not args.quick and loadgen.have_wrk():
-            targets.append((f"direct ({other} loadgen)", upstream + PATH, [16]))
+            targets.append((f"direct ({other} loadgen)", upstream + PATH, [16], {}))
 
         if only:
             wanted = only | {"direct", "bare-aiohttp"}
             targets = [t for t in targets if t[0] in wanted]
         for c in concurrencies:
             for round_ in range(rounds):
-                for name, url, levels in targets:
+                for name, url, levels, headers in targets:
                     if c not in levels:
                         continue
                     how = other if "loadgen)" in name else tool
@@ -121,6 +170,7 @@ def main() -> None:
                         warmup_s=warmup if first else 0,
                         cpus=CLIENT_CPU,
                         tmp=servers.tmp,
+                        headers=headers,
                     )
                     samples.setdefault((name, c), []).append(result)
 
@@ -230,9 +280,10 @@ def _overhead_sections(
                 bare["rps"],
                 ship["rps"],
                 f"{ratios[('shipway', c)]:.0%}",
-                f"{ratios[('shipway+access_log', c)]:.0%}"
-                if ("shipway+access_log", c) in ratios
-                else "-",
+                *(
+                    f"{ratios[(name, c)]:.0%}" if (name, c) in ratios else "-"
+                    for name in list(SHIPWAY_TARGETS)[1:]
+                ),
             ]
         )
     summary = table(
@@ -244,7 +295,7 @@ def _overhead_sections(
             "bare req/s",
             "shipway req/s",
             "shipway % of bare",
-            "shipway+access_log % of bare",
+            *(f"{name} % of bare" for name in list(SHIPWAY_TARGETS)[1:]),
         ],
         rows,
     )
@@ -264,7 +315,7 @@ def verdicts(
     overhead = results[("shipway", 1)]["p50_ms"] - results[("direct", 1)]["p50_ms"]
     met = "met" if overhead <= TARGET_OVERHEAD_MS else "NOT met"
     out = [f"- p50 overhead at concurrency 1: {overhead:.2f} ms (target ≤ 1.5 ms): {met}"]
-    for target in ("shipway", "shipway+access_log"):
+    for target in SHIPWAY_TARGETS:
         for c in concurrencies[1:]:
             if (target, c) not in ratios:
                 continue

@@ -60,11 +60,14 @@ def run(
     warmup_s: int,
     cpus: str | None,
     tmp: Path,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One measured point: ``{"rps", "p50_ms", "p99_ms", "requests", "errors"}``."""
+    headers = headers or {}
     if tool == "wrk":
         script = tmp / "post.lua"
-        script.write_text(_WRK_SCRIPT % body.decode())
+        extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+        script.write_text(extra + _WRK_SCRIPT % body.decode())
         if warmup_s:
             _wrk(pinned(cpus, wrk_argv(url, script, concurrency, warmup_s)), warmup_s)
         out = _wrk(pinned(cpus, wrk_argv(url, script, concurrency, seconds)), seconds)
@@ -78,6 +81,8 @@ def run(
     else:
         argv = [PYTHON, __file__, "--url", url, "--body", body.decode(), "-c", str(concurrency)]
         argv += ["--seconds", str(seconds), "--warmup", str(warmup_s)]
+        for name, value in headers.items():
+            argv += ["--header", f"{name}: {value}"]
         done = subprocess.run(
             pinned(cpus, argv), capture_output=True, text=True, timeout=seconds + warmup_s + 60
         )
@@ -134,12 +139,14 @@ async def _phase(session: Any, url: str, body: bytes, concurrency: int, seconds:
     }
 
 
-async def _aiohttp_load(url: str, body: bytes, concurrency: int, seconds: float, warmup: float):
+async def _aiohttp_load(
+    url: str, body: bytes, concurrency: int, seconds: float, warmup: float, extra: dict[str, str]
+):
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **extra}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as s:
         if warmup:
             await _phase(s, url, body, concurrency, warmup)
@@ -153,10 +160,14 @@ def main() -> None:
     parser.add_argument("-c", "--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--header", action="append", default=[], help="NAME: VALUE")
     args = parser.parse_args()
     import uvloop
 
-    coro = _aiohttp_load(args.url, args.body.encode(), args.concurrency, args.seconds, args.warmup)
+    extra = dict(h.split(": ", 1) for h in args.header)
+    coro = _aiohttp_load(
+        args.url, args.body.encode(), args.concurrency, args.seconds, args.warmup, extra
+    )
     print(json.dumps(uvloop.run(coro)))
 
 

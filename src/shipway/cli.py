@@ -18,6 +18,17 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Shipway: a production layer for AI models."
 )
 config_app = typer.Typer(no_args_is_help=True, help="Work with shipway.yaml.")
+
+
+@app.callback()
+def _logging() -> None:
+    # Warnings go to stderr as readable lines: stdout carries only a command's result, so
+    # `KEY=$(shipway keys create ...)` holds the key and nothing else. `serve` reconfigures.
+    from shipway.telemetry.logging import configure_logging
+
+    configure_logging("warning", "console")
+
+
 app.add_typer(config_app, name="config")
 
 ConfigOption = Annotated[
@@ -43,6 +54,12 @@ def serve(
     log_format: Annotated[str | None, typer.Option(help="server.log_format")] = None,
     ssl_certfile: Annotated[Path | None, typer.Option(help="server.ssl_certfile")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="server.ssl_keyfile")] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="auth.insecure: serve a non-loopback address with no API key."
+        ),
+    ] = False,
 ) -> None:
     """Serve the OpenAI-compatible API (with no config: the two embedded models)."""
     flags = {
@@ -54,7 +71,10 @@ def serve(
         "ssl_keyfile": ssl_keyfile,
     }
     server = {k: v for k, v in flags.items() if v is not None}
-    settings = _load(config, {"server": server} if server else None)
+    overrides: dict[str, Any] = {"server": server} if server else {}
+    if insecure:
+        overrides["auth"] = {"insecure": True}
+    settings = _load(config, overrides or None)
 
     from shipway.server import run
     from shipway.telemetry.logging import configure_logging
@@ -186,6 +206,179 @@ def guard_scan(
     from shipway.security.scan_file import scan_file
 
     raise typer.Exit(scan_file(path, output, threshold))
+
+
+# -- keys and teams (security) --
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: make, list, revoke, rotate.")
+app.add_typer(keys_app, name="keys")
+teams_app = typer.Typer(no_args_is_help=True, help="Teams: shared model lists and limits.")
+app.add_typer(teams_app, name="teams")
+
+ModelsOption = Annotated[
+    str | None, typer.Option(help="Comma-separated models it may use (default: all).")
+]
+
+
+def _admin(config: Path | None, database_url: str | None, data_dir: Path | None) -> Any:
+    """Run one admin step against the store the server of these settings uses."""
+    from shipway.security.admin_cli import AdminCli
+
+    return AdminCli(_store_settings(config, database_url, data_dir))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    team: Annotated[str | None, typer.Option(help="Team (made if it does not exist).")] = None,
+    models: ModelsOption = None,
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute.")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Largest max_tokens it may ask for.")
+    ] = None,
+    injection: Annotated[
+        str | None, typer.Option(help="Injection guard for this key: block, flag or off.")
+    ] = None,
+    pii: Annotated[
+        str | None, typer.Option(help="PII guard for this key: redact, block or off.")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="When it stops working: 30d, 12h, 90m or an ISO date.")
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="May manage keys.")] = False,
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Make a key and print it once (only its keyed hash is stored)."""
+    _admin(config, database_url, data_dir).create(
+        name=name,
+        team=team,
+        models=models,
+        rpm=rpm,
+        tpm=tpm,
+        max_tokens=max_tokens,
+        injection=injection,
+        pii=pii,
+        expires=expires,
+        admin=admin,
+    )
+
+
+@keys_app.command("list")
+def keys_list(
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """List keys (prefixes, rights, state); never a key or its hash."""
+    _admin(config, database_url, data_dir).list_keys()
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[int, typer.Argument(help="The key's id (from `keys list`).")],
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Stop a key; a running server refuses it within auth.key_cache_s."""
+    _admin(config, database_url, data_dir).revoke(key_id)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: Annotated[int, typer.Argument(help="The key's id (from `keys list`).")],
+    grace: Annotated[float, typer.Option(min=0, help="Seconds the old key keeps working.")] = 0.0,
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Make a new key with the same rights and revoke the old one (after --grace s)."""
+    _admin(config, database_url, data_dir).rotate(key_id, grace)
+
+
+@teams_app.command("create")
+def teams_create(
+    name: Annotated[str, typer.Option(help="The team's name.")],
+    models: ModelsOption = None,
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute, shared.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute, shared.")] = None,
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Make a team: its model list and limits apply to all its keys together."""
+    _admin(config, database_url, data_dir).create_team(name, models, rpm, tpm)
+
+
+@teams_app.command("list")
+def teams_list(
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """List teams."""
+    _admin(config, database_url, data_dir).list_teams()
+
+
+# -- audit (security) --
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+    anchor: Annotated[
+        Path | None,
+        typer.Option(help="A head anchor saved by `shipway audit anchor`: catches a cut tail."),
+    ] = None,
+) -> None:
+    """Check the audit log's HMAC chain: exit 0 if intact, 1 naming the first broken record."""
+    import asyncio
+    import os
+
+    from shipway.errors import StoreUnavailable
+    from shipway.security.audit_cli import read_anchor, verify_log
+
+    settings = _store_settings(config, database_url, data_dir)
+    try:
+        seen = None if anchor is None else read_anchor(anchor)
+        report = asyncio.run(verify_log(settings, os.environ, seen))
+    except (ConfigError, StoreUnavailable) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+    typer.echo(report.summary())
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@audit_app.command("anchor")
+def audit_anchor(
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write it here too (else stdout only).")
+    ] = None,
+) -> None:
+    """Print the head of the audit log, to keep elsewhere for `audit verify --anchor`."""
+    import asyncio
+
+    from shipway.errors import StoreUnavailable
+    from shipway.security.audit_cli import anchor_document
+
+    settings = _store_settings(config, database_url, data_dir)
+    try:
+        document = asyncio.run(anchor_document(settings))
+        if output is not None:
+            output.write_text(document, encoding="utf-8")
+    except (ConfigError, StoreUnavailable, OSError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(document, nl=False)
 
 
 def main() -> None:

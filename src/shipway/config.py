@@ -26,10 +26,15 @@ from shipway.errors import ConfigError
 __all__ = [
     "EMBEDDED_CHAT_MODEL",
     "EMBEDDED_EMBEDDING_MODEL",
+    "AuditSettings",
+    "AuthSettings",
+    "GuardOverrides",
+    "GuardSettings",
     "LlamaCppModel",
     "ModelSettings",
     "OpenAIUpstreamModel",
     "QueueSettings",
+    "RateLimitSettings",
     "SentenceTransformersModel",
     "ServerSettings",
     "ShipwaySettings",
@@ -122,6 +127,95 @@ class ServerSettings(_Strict):
         return self
 
 
+class AuthSettings(_Strict):
+    """Who may call: API keys (created with `shipway keys create`), checked on every route
+    but `/healthz` and `/readyz` once any key exists."""
+
+    public_metrics: bool = Field(
+        False,
+        description="Serve `/metrics` without a key (for a scraper on a private network); "
+        "otherwise it needs an admin key once keys exist.",
+    )
+    insecure: bool = Field(
+        False,
+        description="Start with no keys on a non-loopback address, open to anyone who can "
+        "reach it (`shipway serve --insecure`). Without it Shipway refuses to.",
+    )
+    key_cache_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How long a looked-up key is trusted before it is read again: the "
+        "longest a revocation takes to apply on a running server.",
+    )
+
+
+class RateLimitSettings(_Strict):
+    """Requests and tokens per minute, per key and per team (limits are set on each)."""
+
+    window_s: float = Field(60.0, gt=0, description="The window the limits count over.")
+    reserve_tokens: int = Field(
+        1024,
+        ge=1,
+        description="Tokens reserved for the answer of a request without `max_tokens`; "
+        "the reservation is settled from real usage when the request ends.",
+    )
+
+
+InjectionPolicyName = Literal["block", "flag", "off"]
+PiiPolicyName = Literal["redact", "block", "off"]
+
+
+class GuardSettings(_Strict):
+    """The offline guards a prompt passes before it reaches a model."""
+
+    injection: InjectionPolicyName = Field(
+        "off",
+        description="Prompt-injection guard: `block` (400 prompt_injection_detected), "
+        "`flag` (served, marked with the `x-shipway-guard` header and in the log) or `off`.",
+    )
+    injection_threshold: float | None = Field(
+        None, ge=0, le=1, description="Score that flags; unset: the shipped threshold."
+    )
+    pii: PiiPolicyName = Field(
+        "off",
+        description="PII guard: `redact` (placeholders reach the model, the answer gets the "
+        "values back), `block` (400 pii_detected) or `off`. Logs are always redacted.",
+    )
+
+
+class GuardOverrides(_Strict):
+    """Per-model guard policies; unset keys inherit the top-level `guards`."""
+
+    injection: InjectionPolicyName | None = Field(None, description="See `guards.injection`.")
+    pii: PiiPolicyName | None = Field(None, description="See `guards.pii`.")
+
+
+class AuditSettings(_Strict):
+    """The tamper-evident audit log: every request and admin action, HMAC-chained."""
+
+    enabled: bool = Field(True, description="Append a record per request and admin action.")
+    store_content: bool = Field(
+        False,
+        description="Also keep each prompt and answer, encrypted with AES-GCM under the key "
+        "in `encryption_keys_env` (required when this is on).",
+    )
+    hmac_key_env: str = Field(
+        "SHIPWAY_AUDIT_KEY",
+        description="Environment variable with the chain's HMAC key (any long random "
+        "string). Unset: a key is generated in `data_dir` (SQLite only) with a warning.",
+    )
+    encryption_keys_env: str = Field(
+        "SHIPWAY_AUDIT_ENCRYPTION_KEYS",
+        description="Environment variable with `id:base64key[,id:base64key…]` (32-byte "
+        "keys): the first encrypts, all decrypt, so a key is rotated by putting a new one "
+        "first.",
+    )
+    flush_interval_s: float = Field(
+        0.2, gt=0, le=10, description="Records are written in batches at least this often."
+    )
+
+
 class QueueSettings(_Strict):
     """Admission to a model: a bounded queue with priorities and deadlines."""
 
@@ -162,6 +256,15 @@ class WorkerSettings(_Strict):
 class _ModelBase(_Strict):
     queue: QueueOverrides = Field(
         default_factory=QueueOverrides, description="Per-model queue overrides."
+    )
+    guards: GuardOverrides = Field(
+        default_factory=GuardOverrides, description="Per-model guard policies."
+    )
+    max_tokens_limit: int | None = Field(
+        None,
+        ge=1,
+        description="Largest `max_tokens` a request may ask of this model (more gets 400); "
+        "also the default when a request sets none.",
     )
     owned_by: str = Field("shipway", description="`owned_by` shown in /v1/models.")
 
@@ -297,6 +400,14 @@ class ShipwaySettings(BaseSettings):
     workers: WorkerSettings = Field(
         default_factory=WorkerSettings, description="Supervision of local model workers."
     )
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys.")
+    rate_limits: RateLimitSettings = Field(
+        default_factory=RateLimitSettings, description="Per-key and per-team rate limits."
+    )
+    guards: GuardSettings = Field(
+        default_factory=GuardSettings, description="Prompt-injection and PII guards."
+    )
+    audit: AuditSettings = Field(default_factory=AuditSettings, description="The audit log.")
     embedded_models: bool = Field(
         True,
         description="Serve the two embedded models (`smollm2-135m`, `all-minilm-l6-v2`) "

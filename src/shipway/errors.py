@@ -8,7 +8,11 @@ pydantic) are translated into these at the boundary where they happen, with ``ra
     ShipwayError                      500 server_error
     ├── InvalidRequest                400 invalid_request_error
     │   ├── ContextLengthExceeded     400 code=context_length_exceeded
-    │   └── UnsupportedParameter      400 code=unsupported_parameter
+    │   ├── UnsupportedParameter      400 code=unsupported_parameter
+    │   ├── PromptInjectionDetected   400 code=prompt_injection_detected
+    │   └── PiiDetected               400 code=pii_detected
+    ├── Unauthorized                  401 code=invalid_api_key  (missing, unknown, revoked)
+    ├── PermissionDenied              403 code=permission_denied / model_not_allowed
     ├── NotFound                      404 not_found_error
     │   └── ModelNotFound             404 code=model_not_found
     ├── MethodNotAllowed              405 (+ Allow)
@@ -17,6 +21,7 @@ pydantic) are translated into these at the boundary where they happen, with ``ra
     ├── PayloadTooLarge               413
     ├── UnsupportedMediaType          415
     ├── QueueFull                     429 code=queue_full   (+ Retry-After)
+    ├── RateLimited                   429 code=rate_limit_exceeded (+ Retry-After)
     ├── HeadersTooLarge               431 code=headers_too_large
     ├── ClientClosedRequest           499 code=client_closed_request  (nobody is listening)
     ├── UpstreamError                 502 upstream_error
@@ -45,11 +50,16 @@ __all__ = [
     "ModelUnavailable",
     "NotFound",
     "PayloadTooLarge",
+    "PermissionDenied",
+    "PiiDetected",
+    "PromptInjectionDetected",
     "QueueFull",
+    "RateLimited",
     "RequestTimeout",
     "ShipwayError",
     "StoreUnavailable",
     "TooManyConnections",
+    "Unauthorized",
     "UnsupportedMediaType",
     "UnsupportedParameter",
     "UpstreamError",
@@ -105,6 +115,30 @@ class UnsupportedParameter(InvalidRequest):
     code = "unsupported_parameter"
 
 
+class PromptInjectionDetected(InvalidRequest):
+    code = "prompt_injection_detected"
+
+
+class PiiDetected(InvalidRequest):
+    code = "pii_detected"
+
+
+class Unauthorized(ShipwayError):
+    """No key, or one that is unknown, revoked or expired (never says which: no oracle)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ShipwayError):
+    """A valid key asked for something it may not have: a model, an admin route, a scope."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
 class NotFound(ShipwayError):
     status = 404
     type = "not_found_error"
@@ -153,6 +187,19 @@ class QueueFull(ShipwayError):
     status = 429
     type = "rate_limit_error"
     code = "queue_full"
+
+
+class RateLimited(ShipwayError):
+    """A key's or team's requests or tokens per minute are used up; ``type`` says which."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, retry_after: float | None) -> None:
+        """``retry_after`` None: waiting cannot help (the request alone exceeds the limit)."""
+        super().__init__(message, retry_after=retry_after)
+        self.type = kind
 
 
 class HeadersTooLarge(ShipwayError):

@@ -1,10 +1,15 @@
 """The request path, as one ordered list of stages.
 
-    route → admit (queue, priority, deadline) → dispatch (backend) → account (metrics)
+    (authenticate: api/access.py, before the Call exists)
+    route (model exists, principal may use it) → input limits (max_tokens cap, control
+    characters) → rate-limit (reserve requests and tokens) → guard (injection, PII) →
+    admit (queue, priority, deadline) → dispatch (backend) → restore (PII placeholders) →
+    account (metrics, settle the token reservation from real usage)
 
-Every request is one ``Call`` that flows through the stages. Later stages (authenticate,
-rate-limit, guard, budget, cache …) slot in here, each a small function over the ``Call``;
-their logic lives in their own packages and the pipeline only composes them.
+Every request is one ``Call`` that flows through the stages. Each stage is a small function
+over the ``Call``; their logic lives in their own packages (``security/`` …) and the
+pipeline only composes them. The cheap refusals come first: a request over its rate limit
+costs no guard scan, and one refused by a guard holds no worker.
 
 Deadlines: the whole call — waiting in the queue and running — must finish before
 ``call.deadline`` (event-loop time). Running out cancels the backend call, which tells a
@@ -23,9 +28,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shipway.backends.base import Backend, ChatRequest, EmbedRequest, EmbedResult
+from shipway.config import ShipwaySettings
 from shipway.engine.admission import Priority
 from shipway.engine.engine import Engine, ModelRunner
-from shipway.errors import DeadlineExceeded, InvalidRequest, ShipwayError
+from shipway.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    PermissionDenied,
+    ShipwayError,
+)
+from shipway.security.guard_stage import ChatGuarding, ChatStreamRestorer, Guards
+from shipway.security.input_limits import (
+    capped_max_tokens,
+    check_control_characters,
+    message_texts,
+)
+from shipway.security.principal import ANONYMOUS, Principal
+from shipway.security.rate_limit import Admission, RateLimiter
 from shipway.telemetry.metrics import Metrics
 
 __all__ = ["Call", "Pipeline", "carries_output"]
@@ -56,6 +76,13 @@ class Call:
     completion_tokens: int = 0
     status: int = 200
     error_code: str | None = None
+    principal: Principal = ANONYMOUS
+    response_headers: dict[str, str] = field(default_factory=dict)
+    """Headers stages add to the response (rate limits, guard verdicts)."""
+    log_fields: dict[str, Any] = field(default_factory=dict)
+    """Fields stages add to the access-log line and the audit record (never secrets)."""
+    audit_content: dict[str, Any] | None = None
+    """Prompt and answer, kept only with ``audit.store_content`` (stored encrypted)."""
 
     def timings_ms(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -69,13 +96,45 @@ class Call:
 
 
 class Pipeline:
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        settings: ShipwaySettings,
+        limiter: RateLimiter,
+        guards: Guards,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.limiter = limiter
+        self.guards = guards
+        self.keep_content = settings.audit.enabled and settings.audit.store_content
+        self._max_tokens = {
+            alias: model.max_tokens_limit for alias, model in settings.models.items()
+        }
 
     # -- stages ---------------------------------------------------------------------------
+    def visible_runner(self, alias: str, principal: Principal) -> ModelRunner:
+        """The model's runner, if this caller may see it; else 404 naming the ones it may."""
+        runner = self.engine.runners.get(alias)
+        if runner is None or not principal.may_use(alias):
+            visible = sorted(a for a in self.engine.runners if principal.may_use(a))
+            raise ModelNotFound(
+                f"The model {alias!r} does not exist or you do not have access to it. "
+                f"Models you may use: {', '.join(visible) or '(none)'}; see GET /v1/models",
+                param="model",
+            )
+        return runner
+
     def _route(self, call: Call, capability: str) -> ModelRunner:
-        runner = self.engine.runner(call.model)
+        principal = call.principal
+        if call.model in self.engine.runners and not principal.may_use(call.model):
+            raise PermissionDenied(
+                f"your key may not use model {call.model!r}; GET /v1/models lists the ones it may",
+                param="model",
+                code="model_not_allowed",
+            )
+        runner = self.visible_runner(call.model, principal)
         if capability not in runner.capabilities:
             raise InvalidRequest(
                 f"model {call.model!r} does not support {capability}; it supports "
@@ -126,6 +185,32 @@ class Pipeline:
         if call.completion_tokens:
             m.completion_tokens.inc(call.completion_tokens)
 
+    def _chat_input(self, call: Call, request: ChatRequest) -> ChatRequest:
+        """The input-limits stage: control characters, then the max_tokens cap."""
+        check_control_characters(
+            (f"messages[{index}].content", text) for index, text in message_texts(request.messages)
+        )
+        return capped_max_tokens(
+            request, self._max_tokens.get(call.model), call.principal.max_tokens, call.model
+        )
+
+    async def _admit(self, call: Call, prompt_chars: int, max_tokens: int | None) -> Admission:
+        """The rate-limit stage: one request and the tokens it may use, or 429."""
+        tokens = self.limiter.estimate_tokens(
+            call.principal, prompt_chars=prompt_chars, max_tokens=max_tokens
+        )
+        admission = await self.limiter.admit(call.principal, tokens=tokens)
+        for name, value in admission.headers():
+            call.response_headers[name.decode()] = value.decode()
+        return admission
+
+    async def _guard_chat(self, call: Call, request: ChatRequest) -> ChatGuarding:
+        guarding = await self.guards.check_chat(
+            call.model, call.principal, request, log=call.log_fields
+        )
+        call.response_headers.update(guarding.headers)
+        return guarding
+
     def _usage(self, call: Call, usage: dict[str, Any] | None) -> None:
         if usage:
             call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
@@ -135,24 +220,48 @@ class Pipeline:
     async def chat(self, call: Call, request: ChatRequest) -> dict[str, Any]:
         with self._accounted(call):
             runner = self._route(call, "chat")
-            async with _deadline(call), runner.queue.lease(call.priority) as slot:
-                call.admitted_at = time.perf_counter()
-                result = await slot.backend.chat(request)
-            self._usage(call, result.get("usage"))
-            return result
+            request = self._chat_input(call, request)
+            admission = await self._admit(call, _chars(request.messages), request.max_tokens)
+            try:
+                guarding = await self._guard_chat(call, request)
+                async with _deadline(call), runner.queue.lease(call.priority) as slot:
+                    call.admitted_at = time.perf_counter()
+                    result = await slot.backend.chat(guarding.request)
+                self._usage(call, result.get("usage"))
+                result = guarding.restore_result(result)
+                if self.keep_content:
+                    call.audit_content = {
+                        "messages": request.messages,
+                        "choices": [c.get("message") for c in result.get("choices") or ()],
+                    }
+                return result
+            finally:
+                await admission.settle(call.prompt_tokens + call.completion_tokens)
 
     async def embed(self, call: Call, request: EmbedRequest) -> EmbedResult:
         with self._accounted(call):
             runner = self._route(call, "embeddings")
-            async with _deadline(call):
-                if runner.batcher is not None:
-                    result = await runner.batcher.embed(request, call.priority, call.deadline)
-                else:
-                    async with runner.queue.lease(call.priority) as slot:
-                        call.admitted_at = time.perf_counter()
-                        result = await slot.backend.embed(request)
-            call.prompt_tokens = result.prompt_tokens
-            return result
+            check_control_characters(
+                (f"input[{index}]", text) for index, text in enumerate(request.inputs)
+            )
+            admission = await self._admit(call, sum(map(len, request.inputs)), 0)
+            try:
+                guarded = await self.guards.check_embed(
+                    call.model, call.principal, request, log=call.log_fields
+                )
+                async with _deadline(call):
+                    if runner.batcher is not None:
+                        result = await runner.batcher.embed(guarded, call.priority, call.deadline)
+                    else:
+                        async with runner.queue.lease(call.priority) as slot:
+                            call.admitted_at = time.perf_counter()
+                            result = await slot.backend.embed(guarded)
+                call.prompt_tokens = result.prompt_tokens
+                if self.keep_content:
+                    call.audit_content = {"input": request.inputs}
+                return result
+            finally:
+                await admission.settle(call.prompt_tokens)
 
     async def stream(
         self, call: Call, request: ChatRequest
@@ -166,12 +275,30 @@ class Pipeline:
         """
         with self._accounted(call):
             runner = self._route(call, "chat")
-            async with _deadline(call):
-                lease = runner.queue.lease(call.priority)
-                slot = await lease.__aenter__()
+            request = self._chat_input(call, request)
+            admission = await self._admit(call, _chars(request.messages), request.max_tokens)
+            try:
+                guarding = await self._guard_chat(call, request)
+                async with _deadline(call):
+                    lease = runner.queue.lease(call.priority)
+                    slot = await lease.__aenter__()
+            except BaseException:
+                await admission.settle(0)
+                raise
             call.admitted_at = time.perf_counter()
             buffer: asyncio.Queue[Any] = asyncio.Queue(_BUFFERED_CHUNKS)
-            pump = asyncio.create_task(self._pump(call, slot.backend, request, lease, buffer))
+            if self.keep_content:
+                call.audit_content = {"messages": request.messages, "answer": ""}
+            pump = asyncio.create_task(
+                self._pump(
+                    call,
+                    slot.backend,
+                    guarding.request,
+                    _Release(lease, admission),
+                    guarding.stream_restorer(),
+                    buffer,
+                )
+            )
             try:
                 while (item := await buffer.get()) is not _END:
                     if isinstance(item, BaseException):
@@ -188,7 +315,8 @@ class Pipeline:
         call: Call,
         backend: Backend,
         request: ChatRequest,
-        lease: Any,
+        release: _Release,
+        restorer: ChatStreamRestorer,
         buffer: asyncio.Queue[Any],
     ) -> None:
         chunks = backend.stream(request)
@@ -201,13 +329,39 @@ class Pipeline:
                             call.first_chunk_at - call.received_at
                         )
                     self._usage(call, chunk.get("usage"))
+                    chunk = restorer.feed_chunk(chunk)
+                    if call.audit_content is not None:
+                        _keep_answer(call.audit_content, chunk)
                     await buffer.put(chunk)
+            tail = restorer.flush()
+            if tail is not None:
+                await buffer.put(tail)
             await buffer.put(_END)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             await buffer.put(exc)
         finally:
             await chunks.aclose()
-            await lease.__aexit__(None, None, None)
+            await release.lease.__aexit__(None, None, None)
+            await release.admission.settle(call.prompt_tokens + call.completion_tokens)
+
+
+@dataclass(slots=True)
+class _Release:
+    """What a stream gives back when its backend is done: the slot, then the reservation."""
+
+    lease: Any
+    admission: Admission
+
+
+def _chars(messages: list[dict[str, Any]]) -> int:
+    return sum(len(text) for _, text in message_texts(messages))
+
+
+def _keep_answer(content: dict[str, Any], chunk: dict[str, Any]) -> None:
+    for choice in chunk.get("choices") or ():
+        text = (choice.get("delta") or {}).get("content")
+        if text:
+            content["answer"] += text
 
 
 def carries_output(chunk: dict[str, Any]) -> bool:

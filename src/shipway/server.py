@@ -7,7 +7,9 @@ and the lifespan starts them after the server binds and stops them after it drai
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import ipaddress
 import math
 import os
 import resource
@@ -18,6 +20,8 @@ import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from shipway.api.access import RouteAccess
+from shipway.api.admin_routes import AdminRoutes
 from shipway.api.errors import exception_handlers
 from shipway.api.health import HealthRoutes
 from shipway.api.http_protocol import ConnectionLimits, protocol_class
@@ -25,11 +29,17 @@ from shipway.api.middleware import RequestMiddleware
 from shipway.api.openai_routes import OpenAIRoutes
 from shipway.config import ShipwaySettings
 from shipway.engine.engine import Engine
+from shipway.errors import ConfigError
 from shipway.pipeline import Pipeline
+from shipway.security.audit import AuditLog
+from shipway.security.guard_stage import Guards
+from shipway.security.key_service import build_key_service
+from shipway.security.rate_limit import RateLimiter
+from shipway.store import Database, build_counter
 from shipway.telemetry.logging import AccessLog
 from shipway.telemetry.metrics import Metrics
 
-__all__ = ["build_app", "run"]
+__all__ = ["build_app", "check_open_access", "run"]
 
 # File descriptors kept back from client connections: worker pipes, upstream pools, logs.
 _RESERVED_FDS = 256
@@ -39,10 +49,28 @@ def build_app(settings: ShipwaySettings) -> Starlette:
     log = structlog.get_logger("shipway.server")
     metrics = Metrics()
     engine = Engine(settings, metrics, secrets=os.environ)
-    pipeline = Pipeline(engine, metrics)
+    database = Database.from_settings(settings)
+    counter = build_counter(settings)
+    keys = build_key_service(settings, database, os.environ)
+    audit = AuditLog(database, settings, os.environ)
+    limiter = RateLimiter(counter, settings.rate_limits)
+    guards = Guards(settings)
+    pipeline = Pipeline(engine, metrics, settings, limiter, guards)
+    access = RouteAccess(keys, public_metrics=settings.auth.public_metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await database.start()
+        await counter.start()
+        await audit.start()
+        await guards.start()
+        if not await keys.keys_exist():
+            log.warning(
+                "NO API KEYS: every model is open to anyone who can reach this address; "
+                "make a key with `shipway keys create --name NAME --admin` and it applies "
+                "at once",
+                host=settings.server.host,
+            )
         await engine.start()
         # Everything built so far lives as long as the process: move it out of the cyclic
         # GC's sight so full collections stop re-walking it under load. A request allocates
@@ -59,11 +87,15 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         finally:
             log.info("shutting down: stopping workers")
             await engine.stop()
+            await audit.stop()
+            await counter.close()
+            await database.stop()
 
     owned_by = {alias: model.owned_by for alias, model in settings.models.items()}
     routes = [
-        *OpenAIRoutes(pipeline, owned_by, settings.server.max_messages).routes(),
-        *HealthRoutes(engine, metrics).routes(),
+        *OpenAIRoutes(pipeline, owned_by, settings.server.max_messages, access).routes(),
+        *HealthRoutes(engine, metrics, access).routes(),
+        *AdminRoutes(keys, access, audit).routes(),
     ]
     middleware = [
         Middleware(
@@ -73,6 +105,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
             else None,
             max_body_bytes=settings.server.max_body_bytes,
             metrics=metrics,
+            audit=audit,
             paths=frozenset(route.path for route in routes if "{" not in route.path),
         ),
     ]
@@ -83,6 +116,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.state.keys = keys
     app.state.pipeline = pipeline
     app.state.metrics = metrics
     return app
@@ -92,6 +126,7 @@ def run(settings: ShipwaySettings) -> None:
     """Serve ``settings`` with uvicorn until SIGINT/SIGTERM, then drain and stop."""
     import uvicorn
 
+    check_open_access(settings)
     app = build_app(settings)
     server = settings.server
     limits = ConnectionLimits.from_settings(server, _connection_cap(server.max_connections))
@@ -111,6 +146,41 @@ def run(settings: ShipwaySettings) -> None:
         ssl_certfile=server.ssl_certfile,
         ssl_keyfile=server.ssl_keyfile,
     )
+
+
+def check_open_access(settings: ShipwaySettings) -> None:
+    """Refuse to serve a non-loopback address with no key unless told it may be open.
+
+    Raises ``ConfigError``. Checked before binding: once a key exists, every protected route
+    needs one, wherever the server listens.
+    """
+    if settings.auth.insecure or _is_loopback(settings.server.host):
+        return
+
+    async def any_key() -> bool:
+        database = Database.from_settings(settings)
+        await database.start()
+        try:
+            return await build_key_service(settings, database, os.environ).keys_exist()
+        finally:
+            await database.stop()
+
+    if not asyncio.run(any_key()):
+        raise ConfigError(
+            f"server.host {settings.server.host!r} is reachable from other machines and no "
+            "API key exists, so anyone could use every model. Make a key first "
+            "(`shipway keys create --name NAME --admin`), or serve on 127.0.0.1, or pass "
+            "--insecure to serve it open anyway."
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
 
 
 def _connection_cap(wanted: int) -> int:

@@ -54,6 +54,8 @@ class Server:
         ca_file: str | None = None,
     ) -> None:
         """``ca_file``: the server speaks HTTPS with a certificate this file vouches for."""
+        self.data_dir: Path | None = None
+        self.config_path: Path | None = None
         self.port = free_port()
         self.base = f"{'https' if ca_file else 'http'}://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="shipway-test-")
@@ -96,13 +98,19 @@ def shipway_server(
     ready_path: str = "/readyz",
     ca_file: str | None = None,
 ) -> Server:
+    """A ``shipway serve`` subprocess with its own data directory (``SHIPWAY_DATA_DIR``),
+    unless ``env`` names one: tests never share keys or an audit log by accident."""
     argv = [sys.executable, "-m", "shipway", "serve", "--port", "{port}"]
     cfg_dir = tempfile.mkdtemp(prefix="shipway-cfg-")
     if config is not None:
         path = Path(cfg_dir) / "shipway.yaml"
         path.write_text(yaml.safe_dump(config))
         argv += ["--config", str(path)]
-    return Server(argv, ready_path, env=env, ca_file=ca_file)
+    env = {"SHIPWAY_DATA_DIR": str(Path(cfg_dir) / "data"), **(env or {})}
+    server = Server(argv, ready_path, env=env, ca_file=ca_file)
+    server.data_dir = Path(env["SHIPWAY_DATA_DIR"])
+    server.config_path = Path(cfg_dir) / "shipway.yaml" if config is not None else None
+    return server
 
 
 def fake_upstream() -> Server:

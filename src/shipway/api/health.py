@@ -1,4 +1,4 @@
-"""Liveness, readiness and the Prometheus scrape endpoint."""
+"""Liveness, readiness (never behind a key) and the Prometheus scrape endpoint."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from shipway.api.access import Access, RouteAccess
 from shipway.engine.engine import Engine
 from shipway.telemetry.metrics import Metrics
 
@@ -14,15 +15,18 @@ __all__ = ["HealthRoutes"]
 
 
 class HealthRoutes:
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, access: RouteAccess) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.access = access
 
     def routes(self) -> list[Route]:
         return [
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
-            Route("/metrics", self.prometheus, methods=["GET"]),
+            Route(
+                "/metrics", self.access.protect(self.prometheus, Access.METRICS), methods=["GET"]
+            ),
         ]
 
     async def healthz(self, request: Request) -> Response:

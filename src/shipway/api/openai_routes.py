@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from shipway.api.access import Access, Endpoint, RouteAccess
 from shipway.api.http_input import (
     ClientGone,
     read_json,
@@ -30,6 +31,7 @@ from shipway.api.schemas import ChatCompletionBody, EmbeddingBody, parse_body
 from shipway.backends.base import ChatRequest, EmbedRequest
 from shipway.errors import InvalidRequest, ShipwayError
 from shipway.pipeline import Call, Pipeline, carries_output
+from shipway.security.principal import Principal
 
 __all__ = ["OpenAIRoutes"]
 
@@ -37,27 +39,38 @@ _MAX_EMBED_INPUTS = 2048
 _CLIENT_CLOSED = 499
 
 
-def _json(data: Any, status: int = 200) -> Response:
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
         orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
         status_code=status,
         media_type="application/json",
+        headers=headers or None,
     )
 
 
 class OpenAIRoutes:
-    def __init__(self, pipeline: Pipeline, owned_by: dict[str, str], max_messages: int) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        owned_by: dict[str, str],
+        max_messages: int,
+        access: RouteAccess,
+    ) -> None:
         self.pipeline = pipeline
+        self.access = access
         self.owned_by = owned_by
         self.max_messages = max_messages
         self.created = int(time.time())
 
     def routes(self) -> list[Route]:
+        def user(endpoint: Endpoint) -> Endpoint:
+            return self.access.protect(endpoint, Access.USER)
+
         return [
-            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
-            Route("/v1/models", self.list_models, methods=["GET"]),
-            Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
+            Route("/v1/chat/completions", user(self.chat_completions), methods=["POST"]),
+            Route("/v1/embeddings", user(self.embeddings), methods=["POST"]),
+            Route("/v1/models", user(self.list_models), methods=["GET"]),
+            Route("/v1/models/{model:path}", user(self.get_model), methods=["GET"]),
         ]
 
     # -- chat ---------------------------------------------------------------------------------
@@ -102,7 +115,7 @@ class OpenAIRoutes:
             return Response(status_code=_CLIENT_CLOSED)
         result.update(stamp)
         result["object"] = "chat.completion"
-        return _json(result)
+        return _json(result, headers=call.response_headers)
 
     async def _stream(
         self,
@@ -125,7 +138,11 @@ class OpenAIRoutes:
             _sse(held, chunks, stamp, include_usage),
             closes=chunks,
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                **call.response_headers,
+            },
         )
 
     # -- embeddings -----------------------------------------------------------------------------
@@ -159,7 +176,8 @@ class OpenAIRoutes:
                     "prompt_tokens": result.prompt_tokens,
                     "total_tokens": result.prompt_tokens,
                 },
-            }
+            },
+            headers=call.response_headers,
         )
 
     # -- models ---------------------------------------------------------------------------------
@@ -172,11 +190,14 @@ class OpenAIRoutes:
         }
 
     async def list_models(self, request: Request) -> Response:
-        return _json({"object": "list", "data": [self._model_card(a) for a in self.owned_by]})
+        principal = _principal(request)
+        cards = [self._model_card(a) for a in self.owned_by if principal.may_use(a)]
+        return _json({"object": "list", "data": cards})
 
     async def get_model(self, request: Request) -> Response:
         alias = request.path_params["model"]
-        self.pipeline.engine.runner(alias)  # raises ModelNotFound (404) with the list of models
+        # A model the caller may not use is not shown, as in the list: 404 with its models.
+        self.pipeline.visible_runner(alias, _principal(request))
         return _json(self._model_card(alias))
 
     # -- helpers --------------------------------------------------------------------------------
@@ -203,9 +224,16 @@ class OpenAIRoutes:
             priority=requested_priority(request),
             requested_timeout_s=timeout,
             timeout_param=timeout_param,
+            principal=_principal(request),
         )
         request.scope["state"]["call"] = call
         return call
+
+
+def _principal(request: Request) -> Principal:
+    # Set by RouteAccess on every /v1 route; ANONYMOUS only when the server is open.
+    principal: Principal = request.scope["state"]["principal"]
+    return principal
 
 
 class _ClosingStream(StreamingResponse):

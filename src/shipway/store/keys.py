@@ -8,7 +8,7 @@ who-may-do-what are the keys feature's; this module stores what it is given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -40,6 +40,8 @@ class KeyRecord:
     models: tuple[str, ...] | None  # None: every model the team may use
     rpm: int | None
     tpm: int | None
+    max_tokens: int | None
+    guards: dict[str, str] | None
     admin: bool
     created_by: int | None
     expires_at: datetime | None
@@ -63,6 +65,8 @@ def _key(row: ApiKeyRow) -> KeyRecord:
         models=None if row.models is None else tuple(row.models),
         rpm=row.rpm,
         tpm=row.tpm,
+        max_tokens=row.max_tokens,
+        guards=None if row.guards is None else dict(row.guards),
         admin=row.admin,
         created_by=row.created_by,
         expires_at=row.expires_at,
@@ -81,6 +85,8 @@ async def create_key(
     models: Sequence[str] | None = None,
     rpm: int | None = None,
     tpm: int | None = None,
+    max_tokens: int | None = None,
+    guards: Mapping[str, str] | None = None,
     admin: bool = False,
     created_by: int | None = None,
     expires_at: datetime | None = None,
@@ -99,6 +105,8 @@ async def create_key(
         models=None if models is None else list(models),
         rpm=rpm,
         tpm=tpm,
+        max_tokens=max_tokens,
+        guards=None if guards is None else dict(guards),
         admin=admin,
         created_by=created_by,
         expires_at=expires_at,

@@ -89,6 +89,10 @@ class ApiKeyRow(Base):
     models: Mapped[list[str] | None]
     rpm: Mapped[int | None]
     tpm: Mapped[int | None]
+    # Largest `max_tokens` this key may ask for (NULL: the model's limit only).
+    max_tokens: Mapped[int | None]
+    # Guard policies that override the model's: {"injection": "block", "pii": "redact"}.
+    guards: Mapped[dict[str, Any] | None]
     admin: Mapped[bool] = mapped_column(default=False, server_default=false())
     # The admin key that created this one (NULL: the CLI), for audit and scope checks.
     created_by: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))

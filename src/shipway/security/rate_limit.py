@@ -1,0 +1,258 @@
+"""Requests and tokens per minute, per key and per team, over the shared counters.
+
+``RateLimiter.admit`` runs before a request is routed. It takes, in order, one request from
+the key's rpm and the team's rpm, then the request's estimated tokens (prompt + answer
+reservation) from the key's tpm and the team's tpm; only the limits that are set cost a
+counter call, so a caller without limits costs none. The first refusal gives back what this
+admit already took and raises ``RateLimited`` (429, ``type`` ``requests`` or ``tokens``,
+``Retry-After`` = the end of the refusing window) in OpenAI's words. The ``Admission`` it
+returns carries OpenAI's ``x-ratelimit-*`` headers and, when the request ends, replaces the
+token reservation by real usage (``settle``) or gives it back (``release``).
+
+Decisions:
+
+- A request whose tokens alone exceed a tpm limit can never fit: 429 ``type=tokens``
+  "Request too large", as OpenAI answers, but without ``Retry-After`` (waiting cannot help),
+  and without a counter call.
+- ``release`` gives back the tokens and keeps the request: a request that was admitted and
+  then failed (bad model, guard, full queue) still counts toward rpm, as OpenAI counts failed
+  requests; otherwise a client could loop on cheap failures for free.
+- Fail closed: when the counter is unreachable (``StoreUnavailable``, Redis down) the error
+  propagates (503) instead of admitting unlimited traffic. ``settle``/``release`` propagate it
+  too; the reservation then stays counted until its window ends (over-counting, never under).
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from shipway.config import RateLimitSettings
+from shipway.errors import RateLimited, StoreUnavailable
+from shipway.security.principal import Principal
+from shipway.store.counter import Counter, CounterResult
+
+__all__ = ["Admission", "RateLimiter", "format_duration"]
+
+_REQUESTS = "requests"
+_TOKENS = "tokens"
+# OpenAI's rule of thumb for English text; settle corrects any estimate from real usage.
+_CHARS_PER_TOKEN = 4
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as OpenAI writes it in ``x-ratelimit-reset-*``: Go's ``12ms``, ``1.5s``, ``6m0s``.
+
+    Millisecond precision: the counters count in whole milliseconds.
+    """
+    ms = max(round(seconds * 1000), 0)
+    if ms < 1000:
+        return f"{ms}ms" if ms else "0s"
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    whole, frac = divmod(ms, 1000)
+    secs = f"{whole}.{frac:03d}".rstrip("0") if frac else str(whole)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def _tighter(held: CounterResult | None, new: CounterResult) -> CounterResult:
+    """The limit the caller will hit first: the smaller remaining, then the later reset."""
+    if held is None or new.remaining < held.remaining:
+        return new
+    if new.remaining == held.remaining and new.reset_after_s > held.reset_after_s:
+        return new
+    return held
+
+
+def _headers(kind: bytes, result: CounterResult) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-ratelimit-limit-" + kind, str(result.limit).encode()),
+        (b"x-ratelimit-remaining-" + kind, str(result.remaining).encode()),
+        (b"x-ratelimit-reset-" + kind, format_duration(result.reset_after_s).encode()),
+    ]
+
+
+class Admission:
+    """One admitted request's hold on the counters: its headers, and its token reservation."""
+
+    __slots__ = ("_counter", "_done", "_held", "_requests", "_reserved", "_tokens")
+
+    def __init__(
+        self,
+        counter: Counter | None,
+        reserved: int,
+        held: tuple[tuple[str, int], ...],
+        requests: CounterResult | None,
+        tokens: CounterResult | None,
+    ) -> None:
+        self._counter = counter
+        self._reserved = reserved
+        self._held = held  # (counter key, window) of every tpm counter reserved in
+        self._requests = requests
+        self._tokens = tokens
+        self._done = False
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """OpenAI's ``x-ratelimit-*`` response headers (raw ASGI pairs) for the limits set.
+
+        Where a key and its team both limit, the one with less left is reported. The token
+        figures are as of admission, with this request's reservation taken.
+        """
+        headers: list[tuple[bytes, bytes]] = []
+        if self._requests is not None:
+            headers += _headers(b"requests", self._requests)
+        if self._tokens is not None:
+            headers += _headers(b"tokens", self._tokens)
+        return headers
+
+    async def settle(self, used_tokens: int) -> None:
+        """Replace the token reservation by ``used_tokens`` on every tpm counter; once only.
+
+        Counted against the window the reservation was made in: if that window has ended,
+        there is nothing left to correct.
+        """
+        if used_tokens < 0:
+            raise ValueError(f"used_tokens must be >= 0, got {used_tokens}")
+        if self._done or self._counter is None:
+            return
+        # Marked before the first await, so a concurrent second call cannot settle twice.
+        self._done = True
+        for key, window in self._held:
+            await self._counter.settle(key, self._reserved, used_tokens, window)
+
+    async def release(self) -> None:
+        """The request never ran: give its tokens back (its request still counts); once only."""
+        await self.settle(0)
+
+
+# Shared by every caller without limits: it holds nothing, so it has no state to spoil.
+_NO_LIMITS = Admission(None, 0, (), None, None)
+
+
+class RateLimiter:
+    def __init__(self, counter: Counter, settings: RateLimitSettings) -> None:
+        self._counter = counter
+        self._log = structlog.get_logger("shipway.rate_limit")
+        self._window_s = settings.window_s
+        self._reserve_tokens = settings.reserve_tokens
+        self._per = "minute" if settings.window_s == 60 else format_duration(settings.window_s)
+
+    def estimate_tokens(
+        self, principal: Principal, *, prompt_chars: int, max_tokens: int | None
+    ) -> int:
+        """Tokens to reserve: the prompt at ~4 characters a token, plus the answer's tokens.
+
+        ``max_tokens`` is the answer's cap (0 for embeddings). Without one, ``reserve_tokens``
+        is reserved, but no more than the tightest tpm leaves after the prompt: a key whose
+        tpm is under ``reserve_tokens`` can still call, and ``settle`` counts what the
+        answer really used.
+        """
+        prompt = -(-prompt_chars // _CHARS_PER_TOKEN)
+        if max_tokens is not None:
+            return prompt + max_tokens
+        answer = self._reserve_tokens
+        for tpm in (principal.tpm, principal.team_tpm):
+            if tpm is not None:
+                answer = min(answer, max(tpm - prompt, 0))
+        return prompt + answer
+
+    async def admit(self, principal: Principal, *, tokens: int) -> Admission:
+        """Take one request and ``tokens`` from every limit set, or none of them.
+
+        Raises ``RateLimited`` (429) when a limit is used up or ``tokens`` can never fit,
+        ``StoreUnavailable`` (503) when the counter cannot be reached.
+        """
+        p = principal
+        if p.rpm is None and p.tpm is None and p.team_rpm is None and p.team_tpm is None:
+            return _NO_LIMITS
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens}")
+        team = p.team_id is not None
+        # (kind, scope, limit, amount), in the order they are taken.
+        plan: list[tuple[str, str, int, int]] = []
+        if p.rpm is not None:
+            plan.append((_REQUESTS, p.label, p.rpm, 1))
+        if team and p.team_rpm is not None:
+            plan.append((_REQUESTS, f"team:{p.team_id}", p.team_rpm, 1))
+        if p.tpm is not None:
+            plan.append((_TOKENS, p.label, p.tpm, tokens))
+        if team and p.team_tpm is not None:
+            plan.append((_TOKENS, f"team:{p.team_id}", p.team_tpm, tokens))
+        for kind, scope, limit, amount in plan:
+            if amount > limit:
+                raise self._never_fits(p, kind, scope, limit, amount)
+
+        counter = self._counter
+        taken: list[tuple[str, int, int]] = []
+        held: list[tuple[str, int]] = []
+        requests: CounterResult | None = None
+        tokens_left: CounterResult | None = None
+        try:
+            for kind, scope, limit, amount in plan:
+                key = f"rl:rpm:{scope}" if kind == _REQUESTS else f"rl:tpm:{scope}"
+                result = await counter.hit(key, amount, limit, self._window_s)
+                if not result.allowed:
+                    raise self._refused(p, kind, scope, result, amount)
+                taken.append((key, amount, result.window))
+                if kind == _REQUESTS:
+                    requests = _tighter(requests, result)
+                else:
+                    held.append((key, result.window))
+                    tokens_left = _tighter(tokens_left, result)
+        except BaseException:
+            # A refusal, a cancel (client gone, deadline) or a lost counter mid-way: the
+            # request will not run, so what it took is given back. A hit interrupted in
+            # flight may have counted in Redis unseen: that stays (over-counted, never under).
+            await self._give_back(taken)
+            raise
+        return Admission(counter, tokens, tuple(held), requests, tokens_left)
+
+    async def _give_back(self, taken: list[tuple[str, int, int]]) -> None:
+        for key, amount, window in taken:
+            try:
+                await self._counter.release(key, amount, window)
+            except StoreUnavailable as exc:
+                # The caller hears the error that stopped the admit, not this one; what could
+                # not be given back expires with its window (over-counted, never under).
+                self._log.warning("rate limit not given back", key=key, error=str(exc))
+                return
+
+    def _who(self, principal: Principal, scope: str) -> str:
+        if scope.startswith("team:"):
+            return f"team '{principal.team or principal.team_id}'"
+        if principal.prefix:
+            return f"key '{principal.name}' ({principal.prefix}…)"
+        return f"key '{principal.name}'"
+
+    def _refused(
+        self, principal: Principal, kind: str, scope: str, result: CounterResult, amount: int
+    ) -> RateLimited:
+        wait = format_duration(result.reset_after_s)
+        return RateLimited(
+            f"Rate limit reached for {kind} per {self._per} on {self._who(principal, scope)}: "
+            f"Limit {result.limit}, Used {result.limit - result.remaining}, Requested {amount}. "
+            f"Please try again in {wait}.",
+            kind=kind,
+            retry_after=result.reset_after_s,
+        )
+
+    def _never_fits(
+        self, principal: Principal, kind: str, scope: str, limit: int, amount: int
+    ) -> RateLimited:
+        who = self._who(principal, scope)
+        if kind == _REQUESTS:
+            message = (
+                f"No requests are allowed on {who}: its requests per {self._per} limit is "
+                f"{limit}. An admin can raise it."
+            )
+        else:
+            message = (
+                f"Request too large for tokens per {self._per} on {who}: Limit {limit}, "
+                f"Requested {amount}. The input or output tokens must be reduced (a shorter "
+                "prompt or a smaller `max_tokens`) for it to run."
+            )
+        # No Retry-After: waiting cannot make it fit, and clients sleep on the header.
+        return RateLimited(message, kind=kind, retry_after=None)
