@@ -166,8 +166,15 @@ InjectionPolicyName = Literal["block", "flag", "off"]
 PiiPolicyName = Literal["redact", "block", "off"]
 
 
+def _yaml_off(value: Any) -> Any:
+    # YAML 1.1 reads a bare `off` as false; a user writing `pii: off` means the policy.
+    return "off" if value is False else value
+
+
 class GuardSettings(_Strict):
     """The offline guards a prompt passes before it reaches a model."""
+
+    _off = field_validator("injection", "pii", mode="before")(_yaml_off)
 
     injection: InjectionPolicyName = Field(
         "off",
@@ -186,6 +193,8 @@ class GuardSettings(_Strict):
 
 class GuardOverrides(_Strict):
     """Per-model guard policies; unset keys inherit the top-level `guards`."""
+
+    _off = field_validator("injection", "pii", mode="before")(_yaml_off)
 
     injection: InjectionPolicyName | None = Field(None, description="See `guards.injection`.")
     pii: PiiPolicyName | None = Field(None, description="See `guards.pii`.")

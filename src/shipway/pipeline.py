@@ -81,6 +81,8 @@ class Call:
     """Headers stages add to the response (rate limits, guard verdicts)."""
     log_fields: dict[str, Any] = field(default_factory=dict)
     """Fields stages add to the access-log line and the audit record (never secrets)."""
+    reserved_tokens: int = 0
+    """Tokens the rate-limit stage reserved (prompt estimate + answer cap)."""
     audit_content: dict[str, Any] | None = None
     """Prompt and answer, kept only with ``audit.store_content`` (stored encrypted)."""
 
@@ -194,11 +196,16 @@ class Pipeline:
             request, self._max_tokens.get(call.model), call.principal.max_tokens, call.model
         )
 
-    async def _admit(self, call: Call, prompt_chars: int, max_tokens: int | None) -> Admission:
+    async def _admit(
+        self, call: Call, prompt_chars: int, max_tokens: int | None, choices: int = 1
+    ) -> Admission:
         """The rate-limit stage: one request and the tokens it may use, or 429."""
+        if max_tokens is not None:
+            max_tokens *= choices  # an upstream asked for `n` answers writes n of them
         tokens = self.limiter.estimate_tokens(
             call.principal, prompt_chars=prompt_chars, max_tokens=max_tokens
         )
+        call.reserved_tokens = tokens
         admission = await self.limiter.admit(call.principal, tokens=tokens)
         for name, value in admission.headers():
             call.response_headers[name.decode()] = value.decode()
@@ -211,6 +218,19 @@ class Pipeline:
         call.response_headers.update(guarding.headers)
         return guarding
 
+    @staticmethod
+    def _used_tokens(call: Call, answered: bool) -> int:
+        """What to settle the token reservation with.
+
+        Real usage when the backend reported it; nothing when there was no answer (refused,
+        failed before any output); else (a stream cut off by the client or the deadline, an
+        upstream that reports no usage) the whole reservation: a client must not make tokens
+        free by hanging up before the usage chunk.
+        """
+        if call.prompt_tokens or call.completion_tokens:
+            return call.prompt_tokens + call.completion_tokens
+        return call.reserved_tokens if answered else 0
+
     def _usage(self, call: Call, usage: dict[str, Any] | None) -> None:
         if usage:
             call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
@@ -221,12 +241,16 @@ class Pipeline:
         with self._accounted(call):
             runner = self._route(call, "chat")
             request = self._chat_input(call, request)
-            admission = await self._admit(call, _chars(request.messages), request.max_tokens)
+            admission = await self._admit(
+                call, _chars(request.messages), request.max_tokens, _choices(request)
+            )
+            answered = False
             try:
                 guarding = await self._guard_chat(call, request)
                 async with _deadline(call), runner.queue.lease(call.priority) as slot:
                     call.admitted_at = time.perf_counter()
                     result = await slot.backend.chat(guarding.request)
+                answered = True
                 self._usage(call, result.get("usage"))
                 result = guarding.restore_result(result)
                 if self.keep_content:
@@ -236,7 +260,7 @@ class Pipeline:
                     }
                 return result
             finally:
-                await admission.settle(call.prompt_tokens + call.completion_tokens)
+                await admission.settle(self._used_tokens(call, answered))
 
     async def embed(self, call: Call, request: EmbedRequest) -> EmbedResult:
         with self._accounted(call):
@@ -245,6 +269,7 @@ class Pipeline:
                 (f"input[{index}]", text) for index, text in enumerate(request.inputs)
             )
             admission = await self._admit(call, sum(map(len, request.inputs)), 0)
+            answered = False
             try:
                 guarded = await self.guards.check_embed(
                     call.model, call.principal, request, log=call.log_fields
@@ -256,12 +281,13 @@ class Pipeline:
                         async with runner.queue.lease(call.priority) as slot:
                             call.admitted_at = time.perf_counter()
                             result = await slot.backend.embed(guarded)
+                answered = True
                 call.prompt_tokens = result.prompt_tokens
                 if self.keep_content:
                     call.audit_content = {"input": request.inputs}
                 return result
             finally:
-                await admission.settle(call.prompt_tokens)
+                await admission.settle(self._used_tokens(call, answered))
 
     async def stream(
         self, call: Call, request: ChatRequest
@@ -276,7 +302,9 @@ class Pipeline:
         with self._accounted(call):
             runner = self._route(call, "chat")
             request = self._chat_input(call, request)
-            admission = await self._admit(call, _chars(request.messages), request.max_tokens)
+            admission = await self._admit(
+                call, _chars(request.messages), request.max_tokens, _choices(request)
+            )
             try:
                 guarding = await self._guard_chat(call, request)
                 async with _deadline(call):
@@ -342,7 +370,8 @@ class Pipeline:
         finally:
             await chunks.aclose()
             await release.lease.__aexit__(None, None, None)
-            await release.admission.settle(call.prompt_tokens + call.completion_tokens)
+            answered = call.first_chunk_at is not None
+            await release.admission.settle(self._used_tokens(call, answered))
 
 
 @dataclass(slots=True)
@@ -351,6 +380,11 @@ class _Release:
 
     lease: Any
     admission: Admission
+
+
+def _choices(request: ChatRequest) -> int:
+    n = request.body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 def _chars(messages: list[dict[str, Any]]) -> int:

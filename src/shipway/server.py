@@ -115,6 +115,8 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
+    # A trailing-slash redirect would build its Location from the client's Host header.
+    app.router.redirect_slashes = False
     app.state.engine = engine
     app.state.keys = keys
     app.state.pipeline = pipeline

@@ -146,3 +146,18 @@ def test_tls_needs_both_files_and_they_must_exist(tmp_path: Path) -> None:
     text = f"server:\n  ssl_certfile: {cert}\n  ssl_keyfile: {missing}\n"
     with pytest.raises(ConfigError, match=r"server.ssl_keyfile: .*no file at"):
         load_settings(_write(tmp_path, text))
+
+
+def test_guard_policies_accept_yaml_off_and_name_a_bad_one(tmp_path: Path) -> None:
+    # YAML 1.1 reads a bare `off` as false; it must still mean the policy "off".
+    path = tmp_path / "shipway.yaml"
+    path.write_text(
+        "guards: {injection: off, pii: redact}\n"
+        "models:\n  up: {backend: openai, base_url: 'http://h/v1', guards: {pii: off}}\n"
+    )
+    settings = load_settings(path)
+    assert settings.guards.injection == "off" and settings.guards.pii == "redact"
+    assert settings.models["up"].guards.pii == "off"
+    path.write_text("guards: {injection: on}\n")
+    with pytest.raises(ConfigError, match=r"guards\.injection"):
+        load_settings(path)

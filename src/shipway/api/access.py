@@ -23,7 +23,7 @@ from enum import Enum
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shipway.errors import PermissionDenied
+from shipway.errors import PermissionDenied, Unauthorized
 from shipway.security.key_service import KeyService
 from shipway.security.principal import ANONYMOUS, Principal
 
@@ -55,6 +55,20 @@ class RouteAccess:
         protected.__name__ = getattr(endpoint, "__name__", "endpoint")
         return protected
 
+    async def is_admin_or_open(self, request: Request) -> bool:
+        """For public routes that show more to operators: no key exists yet, or the caller
+        sent a valid admin key. Never raises: a bad key just sees the public view."""
+        if not await self.keys.keys_exist():
+            return True
+        header = request.headers.get("authorization")
+        if not header:
+            return False
+        try:
+            principal = await self.keys.authenticate(header)
+        except Unauthorized:
+            return False
+        return principal.admin
+
     async def principal(self, request: Request, access: Access) -> Principal:
         if not await self.keys.keys_exist():
             if access is Access.ADMIN:
@@ -65,6 +79,8 @@ class RouteAccess:
             return ANONYMOUS
         header = request.headers.get("authorization")
         principal = await self.keys.authenticate(header)
+        # Named in the access and audit logs even when refused below.
+        request.scope["state"]["principal"] = principal
         if access is not Access.USER and not principal.admin:
             raise PermissionDenied(f"{request.url.path} needs an admin key")
         return principal

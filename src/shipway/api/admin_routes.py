@@ -74,8 +74,8 @@ class AdminRoutes:
     def routes(self) -> list[Route]:
         protect = self.access.protect
         return [
-            Route("/admin/keys", protect(self.list_keys, Access.ADMIN), methods=["GET"]),
-            Route("/admin/keys", protect(self.create_key, Access.ADMIN), methods=["POST"]),
+            # One route for both methods, so a 405 there lists both in `Allow`.
+            Route("/admin/keys", protect(self.keys_root, Access.ADMIN), methods=["GET", "POST"]),
             Route(
                 "/admin/keys/{key_id:int}/revoke",
                 protect(self.revoke_key, Access.ADMIN),
@@ -87,6 +87,11 @@ class AdminRoutes:
                 methods=["POST"],
             ),
         ]
+
+    async def keys_root(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self.create_key(request)
+        return await self.list_keys(request)
 
     async def list_keys(self, request: Request) -> Response:
         records = await self.keys.list(actor=_actor(request))

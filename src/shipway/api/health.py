@@ -1,4 +1,4 @@
-"""Liveness, readiness (never behind a key) and the Prometheus scrape endpoint."""
+"""Liveness, readiness (never behind a key; detail for operators) and the Prometheus scrape."""
 
 from __future__ import annotations
 
@@ -33,8 +33,12 @@ class HealthRoutes:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(self, request: Request) -> Response:
+        """Open to probes. The detail (model aliases, upstream URLs, file paths, pids, last
+        errors) is for operators: shown when no key exists yet, else to an admin key only."""
         ready = self.engine.ready
-        body = {"ready": ready, "models": self.engine.status()}
+        body: dict[str, object] = {"ready": ready}
+        if await self.access.is_admin_or_open(request):
+            body["models"] = self.engine.status()
         return Response(
             orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
         )

@@ -48,6 +48,7 @@ class OpenAIHTTPBackend:
         self.settings = settings
         self.upstream_model = settings.upstream_model or alias
         self._headers = {"Content-Type": "application/json"}
+        self._api_key = api_key
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
@@ -113,6 +114,17 @@ class OpenAIHTTPBackend:
                 f"upstream of model {self.alias!r} broke off its answer: {exc!r}"
             ) from exc
 
+    def _scrubbed(self, message: str) -> str:
+        """An upstream's message without our key in it: some servers quote the key they got
+        ("Incorrect API key provided: sk-…"), and the message is relayed to the client."""
+        key = self._api_key
+        if key and key in message:
+            message = message.replace(key, "[upstream key]")
+        if key and len(key) > 8 and key[:8] in message:
+            # A partly masked quote ("sk-abc12***…") still names our key's prefix.
+            message = message.replace(key[:8], "[upstream key]")
+        return message
+
     async def _raise_for(self, response: aiohttp.ClientResponse) -> None:
         try:
             raw = await self._read(response, limit=_MAX_ERROR_BODY)  # an error page can be huge
@@ -129,6 +141,7 @@ class OpenAIHTTPBackend:
                 message = error
         except (orjson.JSONDecodeError, AttributeError):
             pass
+        message = self._scrubbed(message)
         status = response.status
         retry_after = _retry_after(response.headers.get("Retry-After"))
         if status in _PASSED_THROUGH:
@@ -183,7 +196,8 @@ class OpenAIHTTPBackend:
                     error = chunk["error"]
                     detail = error.get("message") if isinstance(error, dict) else error
                     raise UpstreamError(
-                        f"upstream of model {self.alias!r} failed mid-stream: {detail}"
+                        f"upstream of model {self.alias!r} failed mid-stream: "
+                        f"{self._scrubbed(str(detail))}"
                     )
                 finished = finished or any(
                     c.get("finish_reason") for c in chunk.get("choices") or ()

@@ -21,7 +21,7 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -144,7 +144,7 @@ class WorkerProcess:
         self.state = "starting"
         self._kill_reason = None
         env = {
-            **os.environ,
+            **_without_secrets(os.environ),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
@@ -392,4 +392,17 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+    }
+
+
+# A worker parses model files and prompts in native code: if that is ever exploited, it must
+# not find the server's secrets (key pepper, audit keys, upstream API keys, database URLs).
+_SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
+
+
+def _without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in environ.items()
+        if not name.startswith("SHIPWAY_") and not any(w in name.upper() for w in _SECRET_WORDS)
     }

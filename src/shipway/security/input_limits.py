@@ -34,18 +34,23 @@ def capped_max_tokens(
     if not limits:
         return request
     cap = min(limits)
-    param = "max_completion_tokens" if "max_completion_tokens" in request.body else "max_tokens"
-    if request.max_tokens is not None:
-        if request.max_tokens > cap:
+    # Both spellings are checked: an upstream may honour whichever one Shipway did not read.
+    asked = [
+        (param, value)
+        for param in ("max_completion_tokens", "max_tokens")
+        if isinstance(value := request.body.get(param), int) and not isinstance(value, bool)
+    ]
+    for param, value in asked:
+        if value > cap:
             who = "this key" if key_limit == cap else f"model {model!r}"
             raise InvalidRequest(
-                f"{param} is too large: {request.max_tokens}. The most {who} may ask for is "
-                f"{cap} tokens.",
+                f"{param} is too large: {value}. The most {who} may ask for is {cap} tokens.",
                 param=param,
                 code="invalid_value",
             )
+    if asked or request.max_tokens is not None:
         return request
-    return dataclasses.replace(request, max_tokens=cap, body={**request.body, param: cap})
+    return dataclasses.replace(request, max_tokens=cap, body={**request.body, "max_tokens": cap})
 
 
 def message_texts(messages: Iterable[dict[str, Any]]) -> Iterable[tuple[int, str]]:

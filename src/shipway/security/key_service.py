@@ -15,6 +15,7 @@ a subset of its models, limits no looser, an expiry no later, guard overrides no
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -89,21 +90,30 @@ class KeyService:
         self._pending: dict[str, asyncio.Future[Principal | None]] = {}
         self._keys_exist = False
         self._keys_checked_at = -float("inf")
+        self._keys_check: asyncio.Future[None] | None = None
 
     # -- the hot path -------------------------------------------------------------------------
     async def keys_exist(self) -> bool:
         """Whether any key was ever made (then every protected route needs one).
 
-        Once true it stays true: keys are revoked, never deleted.
+        Once true it stays true: keys are revoked, never deleted. Requests arriving while a
+        check is in flight wait for it: none may be let in on the answer of the check before.
         """
         if self._keys_exist:
             return True
-        now = self._clock()
-        if now - self._keys_checked_at >= self._cache_s:
-            self._keys_checked_at = now
+        if self._clock() - self._keys_checked_at >= self._cache_s:
+            if self._keys_check is None:
+                self._keys_check = asyncio.ensure_future(self._check_keys())
+            await asyncio.shield(self._keys_check)
+        return self._keys_exist
+
+    async def _check_keys(self) -> None:
+        try:
             async with self._db.transaction() as session:
                 self._keys_exist = await has_keys(session)
-        return self._keys_exist
+            self._keys_checked_at = self._clock()
+        finally:
+            self._keys_check = None
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an ``Authorization: Bearer sw-…`` value; ``Unauthorized`` if none.
@@ -244,6 +254,11 @@ class KeyService:
             raise NotFound(f"no key with id {key_id}")
         if actor is not None:
             _require_admin(actor)
+            # Revoking or rotating a key is power over it: only over keys no broader than
+            # the actor's own (a narrow admin cannot switch off a broader one). Guards are
+            # left to rotate, which copies them into a new key.
+            team = actor.team if target.team_id is not None else None
+            _check_within(dataclasses.replace(_spec_of(target, team), guards=None), actor)
         return target
 
     async def _team(
@@ -257,6 +272,20 @@ class KeyService:
                 raise NotFound(f"no team named {name!r}; create it with `shipway teams create`")
             team = await create_team(session, name)
         return team
+
+
+def _spec_of(key: KeyRecord, team: str | None) -> KeySpec:
+    return KeySpec(
+        name=key.name,
+        team=team,
+        models=key.models,
+        rpm=key.rpm,
+        tpm=key.tpm,
+        max_tokens=key.max_tokens,
+        guards=key.guards,
+        expires_at=key.expires_at,
+        admin=key.admin,
+    )
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -289,12 +318,22 @@ def _bounded_by(spec: KeySpec, actor: Principal) -> KeySpec:
         rpm=spec.rpm if spec.rpm is not None else actor.rpm,
         tpm=spec.tpm if spec.tpm is not None else actor.tpm,
         max_tokens=spec.max_tokens if spec.max_tokens is not None else actor.max_tokens,
-        guards=spec.guards,
+        guards=_inherited_guards(spec.guards, actor),
         expires_at=spec.expires_at if spec.expires_at is not None else actor.expires_at,
         admin=spec.admin,
     )
     _check_within(filled, actor)
     return filled
+
+
+def _inherited_guards(wanted: dict[str, str] | None, actor: Principal) -> dict[str, str] | None:
+    """The maker's own guard overrides, where the new key sets none of its own."""
+    guards = dict(wanted or {})
+    if actor.injection_policy is not None:
+        guards.setdefault("injection", actor.injection_policy)
+    if actor.pii_policy is not None:
+        guards.setdefault("pii", actor.pii_policy)
+    return guards or None
 
 
 def _check_within(spec: KeySpec, actor: Principal) -> None:
@@ -316,8 +355,10 @@ def _check_within(spec: KeySpec, actor: Principal) -> None:
     for guard, ranks in _STRICTNESS.items():
         wanted = (spec.guards or {}).get(guard)
         own = actor.injection_policy if guard == "injection" else actor.pii_policy
-        floor = ranks.index(own) if own in ranks else 1  # no override: may not turn it off
-        if wanted is not None and ranks.index(wanted) < floor:
+        # With no override of its own, the maker is under each model's policy, which may be
+        # anything up to block: an override below block could be weaker than that.
+        floor = ranks.index(own) if own in ranks else len(ranks) - 1
+        if wanted is not None and wanted in ranks and ranks.index(wanted) < floor:
             problems.append(f"guards.{guard} may not be weaker than {ranks[floor]!r}")
     if problems:
         raise PermissionDenied(

@@ -137,6 +137,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # ignores REFERENCES without it.
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # In WAL mode NORMAL never corrupts the file; a power cut may lose the last commits, as
+    # it would the audit records still queued in memory. FULL syncs on every commit.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     # WAL, so `shipway keys create` can write while the server reads. The mode is kept in
     # the file, so only a new file needs the switch; the switch fails at once (no busy wait)
     # while another connection holds a lock, and that connection or the next one makes it.
