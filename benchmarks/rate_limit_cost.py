@@ -6,9 +6,11 @@ to back, one request at a time, for: a caller without limits (no counter call), 
 rpm + tpm, and a key and its team with all four limits, on the in-process counter and on a
 local Redis. CPU is this process's (what costs requests per second; Redis's own CPU is
 elsewhere), wall is the latency a request waits. Settle reports a usage different from the
-reservation, so it makes its counter calls.
+reservation, so it makes its counter call. Redis replies are parsed by hiredis when it is
+installed (a dependency); ``--python-parser`` measures redis-py's pure-Python parser instead.
 
     python benchmarks/rate_limit_cost.py [--quick] [--redis-url redis://127.0.0.1:6379/0]
+                                         [--python-parser]
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import dataclasses
 import statistics
 import time
 import uuid
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 import uvloop
+from redis._parsers import _AsyncRESP3Parser
+from redis.utils import HIREDIS_AVAILABLE
 
 from _common import log, parse_args, report, table
 from shipway.config import RateLimitSettings
@@ -64,8 +69,17 @@ async def per_request_us(
     )
 
 
-async def redis_counter(url: str, prefix: str) -> RedisCounter | None:
-    counter = RedisCounter.from_url(url, prefix=prefix)
+def client_options(python_parser: bool) -> dict[str, Any]:
+    # redis-py picks hiredis whenever it is installed; its own parser must be asked for.
+    return {"parser_class": _AsyncRESP3Parser} if python_parser else {}
+
+
+async def redis_counter(url: str, prefix: str, python_parser: bool) -> RedisCounter | None:
+    if python_parser:
+        client = aioredis.Redis.from_url(url, socket_timeout=2, **client_options(True))
+        counter = RedisCounter(client, prefix=prefix, owns_client=True)
+    else:
+        counter = RedisCounter.from_url(url, prefix=prefix)
     try:
         await counter.start()
     except StoreUnavailable as exc:
@@ -75,9 +89,9 @@ async def redis_counter(url: str, prefix: str) -> RedisCounter | None:
     return counter
 
 
-async def ping_us(url: str, requests: int) -> tuple[float, float]:
+async def ping_us(url: str, requests: int, python_parser: bool) -> tuple[float, float]:
     """(CPU µs, wall µs) of one bare round trip through redis-py: the floor of a counter call."""
-    client = aioredis.Redis.from_url(url)
+    client = aioredis.Redis.from_url(url, **client_options(python_parser))
     try:
         await client.ping()
         cpu, wall = time.process_time(), time.perf_counter()
@@ -104,8 +118,15 @@ def delete_keys(url: str, prefix: str) -> None:
 def main() -> None:
     args = parse_args(
         __doc__.splitlines()[0],
-        [("--redis-url", {"default": "redis://127.0.0.1:6379/0", "help": "a local Redis"})],
+        [
+            ("--redis-url", {"default": "redis://127.0.0.1:6379/0", "help": "a local Redis"}),
+            (
+                "--python-parser",
+                {"action": "store_true", "help": "parse Redis replies without hiredis"},
+            ),
+        ],
     )
+    python_parser = args.python_parser or not HIREDIS_AVAILABLE
     rounds, requests, redis_requests = (3, 2_000, 300) if args.quick else (9, 20_000, 3_000)
     prefix = f"shipway-bench:{uuid.uuid4().hex}:"
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -114,7 +135,7 @@ def main() -> None:
 
     async def measure() -> None:
         counters: dict[str, tuple[Counter, int]] = {"memory": (MemoryCounter(), requests)}
-        remote = await redis_counter(args.redis_url, prefix)
+        remote = await redis_counter(args.redis_url, prefix, python_parser)
         if remote is not None:
             reached.append(True)
             counters["redis"] = (remote, redis_requests)
@@ -130,7 +151,7 @@ def main() -> None:
                         sample = await per_request_us(limiter, caller, n)
                         samples.setdefault((name, store), []).append(sample)
                     if store == "redis":
-                        sample = await ping_us(args.redis_url, n)
+                        sample = await ping_us(args.redis_url, n, python_parser)
                         samples.setdefault(("one redis-py PING", store), []).append(sample)
         finally:
             if remote is not None:
@@ -150,8 +171,10 @@ def main() -> None:
         rows.append([name, store, cpu, wall, f"{cpu / gateway_us:.1%}"])
     notes = [
         f"{rounds} rounds of {requests:,} (memory) / {redis_requests:,} (Redis) sequential "
-        "admit + settle per caller, uvloop, medians; counter calls per request: 0, 2 + 1, "
-        "4 + 2 (admit + settle); the PING row is one bare redis-py round trip, for scale.",
+        "admit + settle per caller, uvloop, medians; counter calls per request: 0, 1 + 1, "
+        "1 + 1 (admit + settle); the PING row is one bare redis-py round trip, for scale.",
+        "Redis replies parsed by "
+        + ("redis-py's pure-Python parser." if python_parser else "hiredis."),
         f"Share of a request: CPU beside a bare forwarder request's ~{gateway_us:.0f} µs of CPU.",
     ]
     if not reached:

@@ -187,7 +187,7 @@ class GuardSettings(_Strict):
     pii: PiiPolicyName = Field(
         "off",
         description="PII guard: `redact` (placeholders reach the model, the answer gets the "
-        "values back), `block` (400 pii_detected) or `off`. Logs are always redacted.",
+        "values back), `block` (400 pii_detected) or `off`. Logs never hold prompt text.",
     )
 
 

@@ -1,4 +1,5 @@
-"""Two replicas' rate limiters on one real Redis admit exactly the limit, however they race."""
+"""Two replicas' rate limiters on one real Redis admit exactly the limit, however they race;
+and each admit, and each settle that corrects, is one Redis command."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from shipway.config import RateLimitSettings
 from shipway.errors import RateLimited
 from shipway.security.principal import ANONYMOUS, Principal
 from shipway.security.rate_limit import Admission, RateLimiter
-from shipway.store import Counter
+from shipway.store import Counter, RedisCounter
 
 # Long enough that no window edge falls inside a test (windows are aligned to the epoch).
 SETTINGS = RateLimitSettings(window_s=1_000_000)
@@ -82,3 +83,30 @@ async def test_a_team_limit_holds_across_replicas_and_leaves_no_partial_counts(
     # A request the team refused gave its key's request back: the keys hold 50 between them.
     taken = [40 - await left(counters[0], f"rl:rpm:key:{i}", 40) for i in (12, 13)]
     assert sum(taken) == 50
+
+
+async def test_an_admit_and_its_settle_are_one_redis_command_each(counters: list[Counter]) -> None:
+    counter = counters[0]
+    assert isinstance(counter, RedisCounter)
+    client = counter._client
+    real = client.execute_command
+    commands: list[object] = []
+
+    async def counted(*args: object, **options: object) -> object:
+        commands.append(args[0])
+        return await real(*args, **options)
+
+    client.execute_command = counted  # type: ignore[method-assign]
+    limiter = RateLimiter(counter, SETTINGS)
+    everything = member(12, rpm=10, tpm=1_000, team_rpm=10, team_tpm=1_000)
+    admission = await limiter.admit(everything, tokens=100)
+    assert commands == ["EVALSHA"]
+    await admission.settle(40)
+    assert commands == ["EVALSHA", "EVALSHA"]
+    with pytest.raises(RateLimited):
+        await limiter.admit(everything, tokens=1_000)
+    assert commands == ["EVALSHA"] * 3  # refused: nothing to give back
+    client.execute_command = real  # type: ignore[method-assign]
+    assert await left(counter, "rl:tpm:key:12", 1_000) == 960
+    assert await left(counter, "rl:tpm:team:3", 1_000) == 960
+    assert await left(counter, "rl:rpm:team:3", 10) == 9

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Sequence
 
 import pytest
 
@@ -12,6 +13,7 @@ from shipway.errors import RateLimited, StoreUnavailable
 from shipway.security.principal import ANONYMOUS, Principal
 from shipway.security.rate_limit import Admission, RateLimiter, format_duration
 from shipway.store import CounterResult, MemoryCounter
+from shipway.store.counter import Hit
 
 START = 1_000_020.0  # a multiple of 60: the start of a one-minute window
 
@@ -31,22 +33,22 @@ class CountingCounter(MemoryCounter):
         super().__init__(clock)
         self.calls = 0
 
-    async def _hit(self, key: str, amount: int, limit: int, window_ms: int) -> CounterResult:
+    async def _hit_many(self, hits: Sequence[Hit]) -> list[CounterResult]:
         self.calls += 1
-        return await super()._hit(key, amount, limit, window_ms)
+        return await super()._hit_many(hits)
 
-    async def _adjust(self, key: str, delta: int, window: int) -> None:
+    async def _adjust_many(self, held: Sequence[tuple[str, int]], delta: int) -> None:
         self.calls += 1
-        await super()._adjust(key, delta, window)
+        await super()._adjust_many(held, delta)
 
 
 class DownCounter(MemoryCounter):
-    async def _hit(self, key: str, amount: int, limit: int, window_ms: int) -> CounterResult:
+    async def _hit_many(self, hits: Sequence[Hit]) -> list[CounterResult]:
         raise StoreUnavailable("Redis is unreachable")
 
 
 class StallingCounter(MemoryCounter):
-    """Counts requests; a token hit waits for ``go`` or fails, as a slow or lost Redis does."""
+    """A call that takes tokens waits for ``go`` or fails, as a slow or lost Redis does."""
 
     def __init__(self, clock: Clock, *, fail: bool = False) -> None:
         super().__init__(clock)
@@ -54,13 +56,13 @@ class StallingCounter(MemoryCounter):
         self.stalled = asyncio.Event()
         self.go = asyncio.Event()
 
-    async def _hit(self, key: str, amount: int, limit: int, window_ms: int) -> CounterResult:
-        if key.startswith("rl:tpm:"):
+    async def _hit_many(self, hits: Sequence[Hit]) -> list[CounterResult]:
+        if any(hit.key.startswith("rl:tpm:") for hit in hits):
             if self.fail:
                 raise StoreUnavailable("Redis is unreachable")
             self.stalled.set()
             await self.go.wait()
-        return await super()._hit(key, amount, limit, window_ms)
+        return await super()._hit_many(hits)
 
 
 def key(key_id: int = 12, name: str = "alice", **limits: int | None) -> Principal:
@@ -258,19 +260,41 @@ async def test_a_caller_without_limits_costs_no_counter_call(
     assert counter.calls == 0
 
 
-async def test_counter_calls_are_one_per_limit_set(
+async def test_one_counter_call_per_admit_and_per_settle_that_corrects(
     limiter: RateLimiter, counter: CountingCounter
 ) -> None:
     admission = await limiter.admit(key(rpm=10, tpm=1_000), tokens=100)
-    assert counter.calls == 2
+    assert counter.calls == 1
     await admission.settle(100)  # used what it reserved: nothing to correct
-    assert counter.calls == 2
+    assert counter.calls == 1
     await admission.release()
+    assert counter.calls == 1
+    requests_only = await limiter.admit(key(rpm=10), tokens=100)
+    await requests_only.settle(5)  # no tpm: no reservation to correct
     assert counter.calls == 2
     everything = member(12, "alice", rpm=10, tpm=1_000, team_rpm=10, team_tpm=1_000)
     admission = await limiter.admit(everything, tokens=100)
+    assert counter.calls == 3
     await admission.settle(40)
-    assert counter.calls == 2 + 4 + 2
+    assert counter.calls == 4
+    with pytest.raises(RateLimited):
+        await limiter.admit(key(rpm=10, tpm=1_000), tokens=1_000)
+    assert counter.calls == 5  # a refusal has nothing to give back
+
+
+async def test_when_several_limits_refuse_the_first_in_order_is_reported(
+    limiter: RateLimiter, counter: CountingCounter
+) -> None:
+    await limiter.admit(member(13, "bob", team_tpm=500), tokens=450)
+    alice = member(12, "alice", rpm=1, team_rpm=10, tpm=1_000, team_tpm=500)
+    await limiter.admit(alice, tokens=0)
+    # The key's requests and the team's tokens both refuse: requests come first.
+    with pytest.raises(RateLimited) as refused:
+        await limiter.admit(alice, tokens=100)
+    assert refused.value.type == "requests"
+    assert "on key 'alice'" in refused.value.message
+    assert await remaining(counter, "rl:rpm:team:3", 10) == 9
+    assert await remaining(counter, "rl:tpm:key:12", 1_000) == 1_000
 
 
 async def test_a_request_larger_than_the_tpm_can_never_fit(
@@ -299,7 +323,7 @@ async def test_an_unreachable_counter_fails_closed(clock: Clock) -> None:
     assert isinstance(await limiter.admit(ANONYMOUS, tokens=1), Admission)
 
 
-async def test_a_counter_lost_mid_admit_fails_closed_and_gives_back(clock: Clock) -> None:
+async def test_a_counter_lost_during_admit_fails_closed_and_takes_nothing(clock: Clock) -> None:
     counter = StallingCounter(clock, fail=True)
     limiter = RateLimiter(counter, RateLimitSettings())
     with pytest.raises(StoreUnavailable):
@@ -307,9 +331,9 @@ async def test_a_counter_lost_mid_admit_fails_closed_and_gives_back(clock: Clock
     assert await remaining(counter, "rl:rpm:key:12", 10) == 10
 
 
-async def test_a_refusal_stays_a_refusal_when_giving_back_fails(clock: Clock) -> None:
+async def test_a_refusal_needs_no_giving_back(clock: Clock) -> None:
     class NoAdjust(MemoryCounter):
-        async def _adjust(self, key: str, delta: int, window: int) -> None:
+        async def _adjust_many(self, held: Sequence[tuple[str, int]], delta: int) -> None:
             raise StoreUnavailable("Redis is unreachable")
 
     limiter = RateLimiter(NoAdjust(clock), RateLimitSettings())
@@ -318,7 +342,7 @@ async def test_a_refusal_stays_a_refusal_when_giving_back_fails(clock: Clock) ->
         await limiter.admit(key(rpm=10, tpm=100), tokens=1)
 
 
-async def test_a_cancelled_admit_gives_back_what_it_took(clock: Clock) -> None:
+async def test_a_cancelled_admit_takes_nothing(clock: Clock) -> None:
     counter = StallingCounter(clock)
     limiter = RateLimiter(counter, RateLimitSettings())
     admit = asyncio.create_task(

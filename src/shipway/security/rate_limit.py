@@ -1,13 +1,15 @@
 """Requests and tokens per minute, per key and per team, over the shared counters.
 
-``RateLimiter.admit`` runs before a request is routed. It takes, in order, one request from
-the key's rpm and the team's rpm, then the request's estimated tokens (prompt + answer
-reservation) from the key's tpm and the team's tpm; only the limits that are set cost a
-counter call, so a caller without limits costs none. The first refusal gives back what this
-admit already took and raises ``RateLimited`` (429, ``type`` ``requests`` or ``tokens``,
-``Retry-After`` = the end of the refusing window) in OpenAI's words. The ``Admission`` it
-returns carries OpenAI's ``x-ratelimit-*`` headers and, when the request ends, replaces the
-token reservation by real usage (``settle``) or gives it back (``release``).
+``RateLimiter.admit`` runs before a request is routed. It takes one request from the key's
+rpm and the team's rpm, and the request's estimated tokens (prompt + answer reservation) from
+the key's tpm and the team's tpm, all or none, in one counter call (``Counter.hit_many``: one
+Redis round trip); only the limits that are set are asked, so a caller without limits costs
+no call. When any is refused, the first refused in that order (key rpm, team rpm, key tpm,
+team tpm) raises ``RateLimited`` (429, ``type`` ``requests`` or ``tokens``, ``Retry-After`` =
+the end of the refusing window) in OpenAI's words, and nothing was taken. The ``Admission``
+it returns carries OpenAI's ``x-ratelimit-*`` headers and, when the request ends, replaces
+the token reservation by real usage (``settle``) or gives it back (``release``), on every
+tpm counter in one call, and in none when usage equals the reservation.
 
 Decisions:
 
@@ -20,21 +22,25 @@ Decisions:
 - Fail closed: when the counter is unreachable (``StoreUnavailable``, Redis down) the error
   propagates (503) instead of admitting unlimited traffic. ``settle``/``release`` propagate it
   too; the reservation then stays counted until its window ends (over-counting, never under).
+  An admit cancelled (client gone, deadline) or cut off while its call is in flight may
+  have been counted in Redis unseen: that stays too.
 """
 
 from __future__ import annotations
 
-import structlog
-
 from shipway.config import RateLimitSettings
-from shipway.errors import RateLimited, StoreUnavailable
+from shipway.errors import RateLimited
 from shipway.security.principal import Principal
-from shipway.store.counter import Counter, CounterResult
+from shipway.store.counter import Counter, CounterResult, Hit
 
 __all__ = ["Admission", "RateLimiter", "format_duration"]
 
 _REQUESTS = "requests"
 _TOKENS = "tokens"
+# Counter keys: a prefix of the same length for both, then the scope (``key:12``, ``team:3``).
+_RPM = "rl:rpm:"
+_TPM = "rl:tpm:"
+_SCOPE = len(_RPM)
 # OpenAI's rule of thumb for English text; settle corrects any estimate from real usage.
 _CHARS_PER_TOKEN = 4
 
@@ -56,6 +62,10 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
+
+
+def _kind(index: int, first_tokens: int) -> str:
+    return _REQUESTS if index < first_tokens else _TOKENS
 
 
 def _tighter(held: CounterResult | None, new: CounterResult) -> CounterResult:
@@ -120,8 +130,8 @@ class Admission:
             return
         # Marked before the first await, so a concurrent second call cannot settle twice.
         self._done = True
-        for key, window in self._held:
-            await self._counter.settle(key, self._reserved, used_tokens, window)
+        if self._held and used_tokens != self._reserved:
+            await self._counter.settle_many(self._held, self._reserved, used_tokens)
 
     async def release(self) -> None:
         """The request never ran: give its tokens back (its request still counts); once only."""
@@ -135,7 +145,6 @@ _NO_LIMITS = Admission(None, 0, (), None, None)
 class RateLimiter:
     def __init__(self, counter: Counter, settings: RateLimitSettings) -> None:
         self._counter = counter
-        self._log = structlog.get_logger("shipway.rate_limit")
         self._window_s = settings.window_s
         self._reserve_tokens = settings.reserve_tokens
         self._per = "minute" if settings.window_s == 60 else format_duration(settings.window_s)
@@ -170,55 +179,43 @@ class RateLimiter:
             return _NO_LIMITS
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, got {tokens}")
-        team = p.team_id is not None
-        # (kind, scope, limit, amount), in the order they are taken.
-        plan: list[tuple[str, str, int, int]] = []
+        window_s = self._window_s
+        label = p.label
+        team = None if p.team_id is None else f"team:{p.team_id}"
+        # Requests first, then tokens; key, then team: the order refusals are reported in.
+        # A hit's kind is its side of ``first_tokens`` and its scope is in its key, so nothing
+        # but the hits is built on the way to an admission.
+        hits: list[Hit] = []
         if p.rpm is not None:
-            plan.append((_REQUESTS, p.label, p.rpm, 1))
-        if team and p.team_rpm is not None:
-            plan.append((_REQUESTS, f"team:{p.team_id}", p.team_rpm, 1))
+            hits.append(Hit(_RPM + label, 1, p.rpm, window_s))
+        if team is not None and p.team_rpm is not None:
+            hits.append(Hit(_RPM + team, 1, p.team_rpm, window_s))
+        first_tokens = len(hits)
         if p.tpm is not None:
-            plan.append((_TOKENS, p.label, p.tpm, tokens))
-        if team and p.team_tpm is not None:
-            plan.append((_TOKENS, f"team:{p.team_id}", p.team_tpm, tokens))
-        for kind, scope, limit, amount in plan:
-            if amount > limit:
-                raise self._never_fits(p, kind, scope, limit, amount)
+            hits.append(Hit(_TPM + label, tokens, p.tpm, window_s))
+        if team is not None and p.team_tpm is not None:
+            hits.append(Hit(_TPM + team, tokens, p.team_tpm, window_s))
+        for i, hit in enumerate(hits):
+            if hit.amount > hit.limit:
+                raise self._never_fits(
+                    p, _kind(i, first_tokens), hit.key[_SCOPE:], hit.limit, hit.amount
+                )
 
         counter = self._counter
-        taken: list[tuple[str, int, int]] = []
-        held: list[tuple[str, int]] = []
+        results = await counter.hit_many(hits)
         requests: CounterResult | None = None
         tokens_left: CounterResult | None = None
-        try:
-            for kind, scope, limit, amount in plan:
-                key = f"rl:rpm:{scope}" if kind == _REQUESTS else f"rl:tpm:{scope}"
-                result = await counter.hit(key, amount, limit, self._window_s)
-                if not result.allowed:
-                    raise self._refused(p, kind, scope, result, amount)
-                taken.append((key, amount, result.window))
-                if kind == _REQUESTS:
-                    requests = _tighter(requests, result)
-                else:
-                    held.append((key, result.window))
-                    tokens_left = _tighter(tokens_left, result)
-        except BaseException:
-            # A refusal, a cancel (client gone, deadline) or a lost counter mid-way: the
-            # request will not run, so what it took is given back. A hit interrupted in
-            # flight may have counted in Redis unseen: that stays (over-counted, never under).
-            await self._give_back(taken)
-            raise
-        return Admission(counter, tokens, tuple(held), requests, tokens_left)
-
-    async def _give_back(self, taken: list[tuple[str, int, int]]) -> None:
-        for key, amount, window in taken:
-            try:
-                await self._counter.release(key, amount, window)
-            except StoreUnavailable as exc:
-                # The caller hears the error that stopped the admit, not this one; what could
-                # not be given back expires with its window (over-counted, never under).
-                self._log.warning("rate limit not given back", key=key, error=str(exc))
-                return
+        for i, result in enumerate(results):
+            if not result.allowed:
+                # All or none: nothing was taken, so there is nothing to give back.
+                hit = hits[i]
+                raise self._refused(p, _kind(i, first_tokens), hit.key[_SCOPE:], result, hit.amount)
+            if i < first_tokens:
+                requests = _tighter(requests, result)
+            else:
+                tokens_left = _tighter(tokens_left, result)
+        held = tuple((hits[i].key, results[i].window) for i in range(first_tokens, len(hits)))
+        return Admission(counter, tokens, held, requests, tokens_left)
 
     def _who(self, principal: Principal, scope: str) -> str:
         if scope.startswith("team:"):

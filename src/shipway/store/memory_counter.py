@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from shipway.store.counter import Counter, CounterResult
+from shipway.store.counter import Counter, CounterResult, Hit, window_ms
 
 __all__ = ["MemoryCounter"]
 
@@ -37,30 +37,50 @@ class MemoryCounter(Counter):
     def _now_ms(self) -> int:
         return math.floor(self._clock() * 1000)
 
-    async def _hit(self, key: str, amount: int, limit: int, window_ms: int) -> CounterResult:
+    async def _hit_many(self, hits: Sequence[Hit]) -> list[CounterResult]:
         now = self._now_ms()
         self._sweep(now)
-        start = now - now % window_ms
-        window = self._windows.get(key)
-        if window is None or window.start != start or window.end != start + window_ms:
-            # A new window (or the key reused with another length: a new count, as in Redis).
-            window = _Window(start, start + window_ms, 0)
-        allowed = window.count + amount <= limit
-        if allowed and amount:
-            window.count += amount
-            self._windows[key] = window
-        return CounterResult(
-            allowed=allowed,
-            limit=limit,
-            remaining=max(limit - window.count, 0),
-            reset_after_s=(window.end - now) / 1000,
-            window=start,
-        )
+        windows = self._windows
+        found: list[_Window] = []
+        fits = True
+        for key, amount, limit, window_s in hits:
+            length = window_ms(window_s)
+            start = now - now % length
+            window = windows.get(key)
+            if window is None or window.start != start or window.end != start + length:
+                # A new window (or the key reused with another length: a new count, as in
+                # Redis), stored once something is counted in it.
+                window = _Window(start, start + length, 0)
+            found.append(window)
+            if window.count + amount > limit:
+                fits = False
+        results: list[CounterResult] = []
+        for i, (key, amount, limit, _) in enumerate(hits):
+            window = found[i]
+            if fits:
+                if amount:
+                    window.count += amount
+                    windows[key] = window
+                allowed = True
+            else:
+                allowed = window.count + amount <= limit
+            results.append(
+                CounterResult(
+                    allowed,
+                    limit,
+                    max(limit - window.count, 0),
+                    (window.end - now) / 1000,
+                    window.start,
+                )
+            )
+        return results
 
-    async def _adjust(self, key: str, delta: int, window: int) -> None:
-        current = self._windows.get(key)
-        if current is not None and current.start == window and current.end > self._now_ms():
-            current.count = max(current.count + delta, 0)
+    async def _adjust_many(self, held: Sequence[tuple[str, int]], delta: int) -> None:
+        now = self._now_ms()
+        for key, window in held:
+            current = self._windows.get(key)
+            if current is not None and current.start == window and current.end > now:
+                current.count = max(current.count + delta, 0)
 
     def _sweep(self, now: int) -> None:
         self._calls += 1
