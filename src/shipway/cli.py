@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shipway.config import ShipwaySettings, load_settings
+from shipway.config import LlamaCppModel, OpenAIUpstreamModel, ShipwaySettings, load_settings
 from shipway.errors import ConfigError
 
 __all__ = ["app", "main"]
@@ -102,15 +102,23 @@ def models(config: ConfigOption = None) -> None:
 
 def _models_table(settings: ShipwaySettings, title: str = "models") -> None:
     table = Table(title=title)
-    for column in ("model", "backend", "where", "workers / concurrency"):
-        table.add_column(column)
+    # The names whole, so they can be copied and searched for; the rest folded, not cut
+    # with "…": this table is where a user checks a URL or a default.
+    for column in ("model", "backend"):
+        table.add_column(column, no_wrap=True)
+    for column in ("where", "workers / concurrency", "defaults"):
+        table.add_column(column, overflow="fold")
     for alias, model in settings.models.items():
         if model.backend == "openai":
             where, capacity = model.base_url, f"{model.max_concurrency} in flight"
         else:
             where = str(model.path) if model.path else "embedded (PyPI package)"
             capacity = f"{model.workers} x {model.threads} threads"
-        table.add_row(alias, model.backend, where, capacity)
+        defaults = ""
+        if isinstance(model, LlamaCppModel | OpenAIUpstreamModel):
+            shown = model.defaults.model_dump(exclude_none=True)
+            defaults = "\n".join(f"{key}={value}" for key, value in shown.items())
+        table.add_row(alias, model.backend, where, capacity, defaults)
     Console().print(table)
 
 

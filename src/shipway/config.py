@@ -28,6 +28,7 @@ __all__ = [
     "EMBEDDED_EMBEDDING_MODEL",
     "AuditSettings",
     "AuthSettings",
+    "GenerationDefaults",
     "GuardOverrides",
     "GuardSettings",
     "LlamaCppModel",
@@ -157,7 +158,8 @@ class RateLimitSettings(_Strict):
     reserve_tokens: int = Field(
         1024,
         ge=1,
-        description="Tokens reserved for the answer of a request without `max_tokens`; "
+        description="Tokens reserved for the answer of a request without `max_tokens` "
+        "(its own, the model's `defaults.max_tokens` or a cap); "
         "the reservation is settled from real usage when the request ends.",
     )
 
@@ -273,12 +275,80 @@ class _ModelBase(_Strict):
         None,
         ge=1,
         description="Largest `max_tokens` a request may ask of this model (more gets 400); "
-        "also the default when a request sets none.",
+        "also the default when a request sets none and `defaults.max_tokens` is unset.",
     )
     owned_by: str = Field("shipway", description="`owned_by` shown in /v1/models.")
 
 
-class LlamaCppModel(_ModelBase):
+_MAX_STOP = 4
+
+
+class GenerationDefaults(_Strict):
+    """Sampling defaults of a chat model, each used only when a request omits that field.
+
+    Omitted means absent or null; a value the client sends always wins."""
+
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Answer length when the request sets neither `max_tokens` nor "
+        "`max_completion_tokens`; at most `max_tokens_limit`, and lowered to a key's own "
+        "`max_tokens` cap.",
+    )
+    stop: list[str] | None = Field(
+        None, max_length=_MAX_STOP, description="Up to 4 stop sequences (or one string)."
+    )
+    frequency_penalty: float | None = Field(
+        None, ge=-2, le=2, description="Penalty on tokens by how often they appeared."
+    )
+    presence_penalty: float | None = Field(
+        None, ge=-2, le=2, description="Penalty on tokens that appeared at all."
+    )
+    seed: int | None = Field(None, description="Sampling seed, for repeatable answers.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        # As in a request body, one stop sequence may be written as a plain string.
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not all(value):
+            raise ValueError("a stop sequence must not be empty")
+        return value
+
+
+class _ChatModel(_ModelBase):
+    defaults: GenerationDefaults = Field(
+        default_factory=GenerationDefaults,
+        description="Sampling defaults for chat requests that omit a field (see "
+        "`models.<alias>.defaults`).",
+    )
+
+    @field_validator("defaults", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        # `defaults: null` reads as "no defaults", also for the embedded model's shipped ones.
+        return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> _ChatModel:
+        # The input-limits stage refuses a max_tokens over the limit, so such a default
+        # would turn every request that leaves max_tokens out into a 400.
+        default, limit = self.defaults.max_tokens, self.max_tokens_limit
+        if default is not None and limit is not None and default > limit:
+            raise ValueError(
+                f"defaults.max_tokens ({default}) is above max_tokens_limit ({limit}); "
+                "lower the default or raise the limit"
+            )
+        return self
+
+
+class LlamaCppModel(_ChatModel):
     """A GGUF chat model run by llama.cpp in isolated worker processes."""
 
     backend: Literal["llamacpp"]
@@ -322,7 +392,7 @@ class SentenceTransformersModel(_ModelBase):
         return value
 
 
-class OpenAIUpstreamModel(_ModelBase):
+class OpenAIUpstreamModel(_ChatModel):
     """Any OpenAI-compatible server: vLLM, Ollama, llama.cpp server, OpenAI."""
 
     backend: Literal["openai"]
@@ -373,9 +443,40 @@ _DATABASE_SCHEMES = {"sqlite", "sqlite+aiosqlite", "postgres", "postgresql", "po
 _SECRET_URLS = ("database_url", "redis_url")
 
 _EMBEDDED_DEFAULTS: dict[str, dict[str, Any]] = {
-    EMBEDDED_CHAT_MODEL: {"backend": "llamacpp"},
+    EMBEDDED_CHAT_MODEL: {
+        "backend": "llamacpp",
+        # SmolLM2's authors recommend this sampling; at llama.cpp's neutral 1.0 the 135M
+        # model rambles. 256 tokens keeps an answer whole yet stops a runaway one in seconds
+        # rather than at the context's end.
+        "defaults": {"temperature": 0.2, "top_p": 0.9, "max_tokens": 256},
+    },
     EMBEDDED_EMBEDDING_MODEL: {"backend": "sentence_transformers"},
 }
+
+
+def _over_embedded(shipped: dict[str, Any], spec: Any) -> Any:
+    """A user's entry for an embedded alias, keeping the shipped sampling defaults.
+
+    The entry replaces the shipped one, but while it still serves the embedded file (same
+    backend, no `path`) the shipped `defaults` stay under it, replaced field by field by the
+    user's own (a field set to `null` removes one; `defaults: null` removes them all). The
+    shipped max_tokens is lowered to the entry's `max_tokens_limit`: the user never wrote it,
+    so it must not make their limit an error.
+    """
+    if not isinstance(spec, dict) or spec.get("backend") != shipped["backend"] or spec.get("path"):
+        return spec
+    if "defaults" in spec and spec["defaults"] is None:
+        return {**shipped, **spec}  # `defaults: null`: none at all
+    shipped_defaults = dict(shipped.get("defaults") or {})
+    own = spec.get("defaults", {})
+    if not isinstance(own, dict):
+        return spec  # not a mapping: the field's own validation names it
+    limit = spec.get("max_tokens_limit")
+    default = shipped_defaults.get("max_tokens")
+    if isinstance(limit, int) and not isinstance(limit, bool) and default and default > limit:
+        shipped_defaults["max_tokens"] = limit
+    defaults = {k: v for k, v in {**shipped_defaults, **own}.items() if v is not None}
+    return {**shipped, **spec, "defaults": defaults}
 
 
 class _YamlDocument(PydanticBaseSettingsSource):
@@ -468,7 +569,9 @@ class ShipwaySettings(BaseSettings):
         if not isinstance(models, dict):
             return data
         merged = {name: dict(spec) for name, spec in _EMBEDDED_DEFAULTS.items()}
-        merged.update(models)
+        for alias, spec in models.items():
+            shipped = _EMBEDDED_DEFAULTS.get(alias)
+            merged[alias] = spec if shipped is None else _over_embedded(shipped, spec)
         return {**data, "models": merged}
 
     @field_validator("database_url")
@@ -548,28 +651,33 @@ def _refuse_secrets(document: dict[str, Any], source: str) -> None:
             )
 
 
-_BACKEND_TAGS = {"llamacpp", "sentence_transformers", "openai"}
+_BACKEND_MODELS: dict[str, type[_ModelBase]] = {
+    "llamacpp": LlamaCppModel,
+    "sentence_transformers": SentenceTransformersModel,
+    "openai": OpenAIUpstreamModel,
+}
 
 
 def _describe(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: {exc.error_count()} problem(s) in the configuration:"]
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
+        backend = None
         # A discriminated union adds its tag to the path; it is not a key the user wrote.
-        if len(loc) > 2 and loc[0] == "models" and loc[2] in _BACKEND_TAGS:
-            del loc[2]
+        if len(loc) > 2 and loc[0] == "models" and loc[2] in _BACKEND_MODELS:
+            backend = loc.pop(2)
         path = ".".join(loc) or "(top level)"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
-            message = "unknown key" + _suggestion(loc)
+            message = "unknown key" + _suggestion(loc, backend)
         elif error["type"] == "union_tag_invalid" or error["type"] == "union_tag_not_found":
-            message = f"`backend` must be one of {sorted(_BACKEND_TAGS)}"
+            message = f"`backend` must be one of {sorted(_BACKEND_MODELS)}"
         lines.append(f"  - {path}: {message}")
     return "\n".join(lines)
 
 
-def _suggestion(loc: list[str]) -> str:
-    fields = _fields_at(loc[:-1])
+def _suggestion(loc: list[str], backend: str | None) -> str:
+    fields = _fields_at(loc[:-1], backend)
     if not fields:
         return ""
     close = difflib.get_close_matches(loc[-1], fields, n=1)
@@ -577,7 +685,7 @@ def _suggestion(loc: list[str]) -> str:
     return f"{hint} (valid keys here: {', '.join(sorted(fields))})"
 
 
-def _fields_at(loc: list[str]) -> list[str]:
+def _fields_at(loc: list[str], backend: str | None) -> list[str]:
     model: type[BaseModel] = ShipwaySettings
     parts = list(loc)
     while parts:
@@ -585,13 +693,13 @@ def _fields_at(loc: list[str]) -> list[str]:
         if key == "models" and model is ShipwaySettings:
             if not parts:
                 return []
-            parts.pop(0)  # the alias; the backend is unknown here, so offer every backend's keys
-            if not parts:
-                keys: set[str] = set()
-                for candidate in (LlamaCppModel, SentenceTransformersModel, OpenAIUpstreamModel):
-                    keys.update(candidate.model_fields)
-                return sorted(keys)
-            model = _ModelBase
+            parts.pop(0)  # the alias
+            if backend in _BACKEND_MODELS:
+                model = _BACKEND_MODELS[backend]
+            elif parts:
+                model = _ModelBase
+            else:  # the backend is unknown, so offer every backend's keys
+                return sorted({name for m in _BACKEND_MODELS.values() for name in m.model_fields})
             continue
         field = model.model_fields.get(key)
         annotation = getattr(field, "annotation", None)

@@ -13,6 +13,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from shipway.config import (
+    GenerationDefaults,
     LlamaCppModel,
     OpenAIUpstreamModel,
     QueueOverrides,
@@ -39,6 +40,18 @@ Environment variables use the `SHIPWAY_` prefix and `__` between nested keys, e.
 `SHIPWAY_SERVER__PORT=9000`. Secrets are never in the file: an upstream's key is read from
 the variable named by its `api_key_env`, and a `database_url` or `redis_url` with a password
 is refused there: set `SHIPWAY_DATABASE_URL` or `SHIPWAY_REDIS_URL` in the environment.
+"""
+
+
+_EMBEDDED_DEFAULTS_NOTE = """
+Omitted means absent or `null`: a value the client sends always wins, even `stop: []`. A
+default goes into the request a local model runs and into the body forwarded to an upstream.
+
+The embedded `smollm2-135m` ships with `temperature: 0.2`, `top_p: 0.9` (its authors'
+recommended sampling) and `max_tokens: 256`. An entry of that name that still serves the
+embedded file (`backend: llamacpp`, no `path`) keeps them, replaced field by field by its own
+`defaults` (a field set to `null` removes one, `defaults: null` removes them all); its
+`max_tokens_limit`, if lower, lowers the shipped `max_tokens` to it.
 """
 
 
@@ -99,6 +112,13 @@ def render() -> str:
         ),
         _section("`backend: openai`", OpenAIUpstreamModel, "models.<alias>.", env=False),
         _section("`models.<alias>.queue`", QueueOverrides, "models.<alias>.queue.", env=False),
+        _section(
+            "`models.<alias>.defaults`",
+            GenerationDefaults,
+            "models.<alias>.defaults.",
+            env=False,
+        )
+        + _EMBEDDED_DEFAULTS_NOTE,
     ]
     return "\n".join(parts)
 

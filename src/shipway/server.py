@@ -27,7 +27,7 @@ from shipway.api.health import HealthRoutes
 from shipway.api.http_protocol import ConnectionLimits, protocol_class
 from shipway.api.middleware import RequestMiddleware
 from shipway.api.openai_routes import OpenAIRoutes
-from shipway.config import ShipwaySettings
+from shipway.config import LlamaCppModel, OpenAIUpstreamModel, ShipwaySettings
 from shipway.engine.engine import Engine
 from shipway.errors import ConfigError
 from shipway.pipeline import Pipeline
@@ -92,8 +92,13 @@ def build_app(settings: ShipwaySettings) -> Starlette:
             await database.stop()
 
     owned_by = {alias: model.owned_by for alias, model in settings.models.items()}
+    defaults = {
+        alias: model.defaults
+        for alias, model in settings.models.items()
+        if isinstance(model, LlamaCppModel | OpenAIUpstreamModel)
+    }
     routes = [
-        *OpenAIRoutes(pipeline, owned_by, settings.server.max_messages, access).routes(),
+        *OpenAIRoutes(pipeline, owned_by, settings.server.max_messages, access, defaults).routes(),
         *HealthRoutes(engine, metrics, access).routes(),
         *AdminRoutes(keys, access, audit).routes(),
     ]

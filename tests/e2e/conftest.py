@@ -1,8 +1,9 @@
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
-from tests.support.servers import Server, shipway_server
+from tests.support.servers import Server, fake_upstream, shipway_server
 
 CHAT = "smollm2-135m"
 EMBED = "all-minilm-l6-v2"
@@ -19,3 +20,17 @@ def server() -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Server]:
+    """A fake OpenAI-compatible upstream (shipway.ops.fake_upstream) per test module."""
+    srv = fake_upstream()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30) as client:
+        yield client

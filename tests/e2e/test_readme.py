@@ -18,7 +18,11 @@ def test_readme_python_example_runs(server: Server) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[0], "the first answer is empty"
     assert "smollm2-135m" in result.stdout  # the model list printed at the end
+    # Both answers end within the model's default max_tokens (256): without it a 135M model
+    # at temperature 1.0 could ramble to the context's end, thousands of tokens.
+    assert len(result.stdout) < 4000, result.stdout
 
 
 def test_readme_yaml_example_is_a_valid_config(tmp_path: Path) -> None:

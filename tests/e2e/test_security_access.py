@@ -27,7 +27,7 @@ import pytest
 import yaml
 from tests.support.keys import bearer, create_key, shipway_cli, wait_until
 from tests.support.raw_http import connect, read_until_closed, status_of
-from tests.support.servers import Server, fake_upstream, free_port, shipway_server
+from tests.support.servers import Server, free_port, shipway_server
 
 from shipway.security.key_format import generate_key
 
@@ -49,23 +49,10 @@ def _upstream_models(upstream: Server) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[Server]:
-    srv = fake_upstream()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(upstream: Server) -> Iterator[Server]:
     srv = shipway_server(_upstream_models(upstream))
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30) as client:
-        yield client
 
 
 def _admin_create(

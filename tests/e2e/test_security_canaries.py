@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.support.keys import MadeKey, bearer, create_key, shipway_cli
-from tests.support.servers import Server, fake_upstream, shipway_server
+from tests.support.servers import Server, shipway_server
 
 from shipway.security.key_format import generate_key
 
@@ -63,13 +63,6 @@ class _KeyEchoingUpstream(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Server]:
-    srv = fake_upstream()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")

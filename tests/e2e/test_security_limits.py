@@ -18,7 +18,7 @@ import httpx
 import pytest
 from tests.support.keys import bearer, create_key, shipway_cli, wait_until
 from tests.support.live_stores import postgres_database, redis_database
-from tests.support.servers import Server, fake_upstream, shipway_server
+from tests.support.servers import Server, shipway_server
 
 WINDOW_S = 60.0
 
@@ -39,23 +39,10 @@ def _models(upstream: Server) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[Server]:
-    srv = fake_upstream()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(upstream: Server) -> Iterator[Server]:
     srv = shipway_server(_models(upstream))
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=30) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from tests.support.servers import Server, fake_upstream, free_port, shipway_server
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Server]:
-    srv = fake_upstream()
-    yield srv
-    srv.stop()
+from tests.support.servers import Server, free_port, shipway_server
 
 
 @pytest.fixture(scope="module")

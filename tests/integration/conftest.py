@@ -8,55 +8,19 @@ where it fails them: a green CI must mean the tests ran.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import NoReturn
 
-import asyncpg
 import pytest
 import redis
-from sqlalchemy.engine import make_url
-from tests.support.shared_files import ON_CI
+from tests.support.live_stores import drop_postgres, new_postgres_database, unreachable
 from tests.support.stores import Replicas
 
 from shipway.store import Counter, Database
 from shipway.store.models import Base
 
-POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def unreachable(what: str, reason: object) -> NoReturn:
-    message = f"{what} is not reachable ({reason})"
-    if ON_CI:
-        pytest.fail(f"{message}; CI=true, so the integration tests require it", pytrace=False)
-    pytest.skip(f"{message}; start it to run these tests")
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(dsn=POSTGRES, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def new_postgres_database() -> str:
-    """A new, empty database on the test server; the caller drops it with `drop_postgres`."""
-    name = f"shipway_test_{uuid.uuid4().hex[:16]}"
-    try:
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        unreachable(f"PostgreSQL at {make_url(POSTGRES).render_as_string()}", repr(exc))
-    return make_url(POSTGRES).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_postgres(url: str) -> None:
-    name = make_url(url).database
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,15 @@ import redis
 from sqlalchemy.engine import make_url
 from tests.support.shared_files import ON_CI
 
-__all__ = ["E2E_REDIS_URL", "POSTGRES_URL", "postgres_database", "redis_database"]
+__all__ = [
+    "E2E_REDIS_URL",
+    "POSTGRES_URL",
+    "drop_postgres",
+    "new_postgres_database",
+    "postgres_database",
+    "redis_database",
+    "unreachable",
+]
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 # Database 13: no other test uses it (the integration tests use 0, with their own prefixes).
@@ -30,7 +38,8 @@ E2E_REDIS_URL = os.environ.get("TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/13"
 _SERVER_KEYS = "shipway:counter:*"
 
 
-def _unreachable(what: str, reason: object) -> NoReturn:
+def unreachable(what: str, reason: object) -> NoReturn:
+    """Skip with the reason; on CI (CI=true) fail instead: a green CI must mean it ran."""
     message = f"{what} is not reachable ({reason})"
     if ON_CI:
         pytest.fail(f"{message}; CI=true, so this test requires it", pytrace=False)
@@ -45,18 +54,29 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    """The URL of a new, empty database on the test server, dropped on exit."""
-    name = f"shipway_e2e_{uuid.uuid4().hex[:16]}"
+def new_postgres_database() -> str:
+    """A new, empty database on the test server; the caller drops it with `drop_postgres`."""
+    name = f"shipway_test_{uuid.uuid4().hex[:16]}"
     try:
         asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        _unreachable(f"PostgreSQL at {make_url(POSTGRES_URL).render_as_string()}", repr(exc))
+        unreachable(f"PostgreSQL at {make_url(POSTGRES_URL).render_as_string()}", repr(exc))
+    return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres(url: str) -> None:
+    name = make_url(url).database
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """The URL of a new, empty database on the test server, dropped on exit."""
+    url = new_postgres_database()
     try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop_postgres(url)
 
 
 def _delete_server_keys(client: redis.Redis) -> None:
@@ -73,7 +93,7 @@ def redis_database() -> Iterator[tuple[str, redis.Redis]]:
         client.ping()
     except (redis.RedisError, OSError) as exc:
         client.close()
-        _unreachable(f"Redis at {E2E_REDIS_URL}", repr(exc))
+        unreachable(f"Redis at {E2E_REDIS_URL}", repr(exc))
     try:
         _delete_server_keys(client)
         yield E2E_REDIS_URL, client

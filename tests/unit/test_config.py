@@ -161,3 +161,115 @@ def test_guard_policies_accept_yaml_off_and_name_a_bad_one(tmp_path: Path) -> No
     path.write_text("guards: {injection: on}\n")
     with pytest.raises(ConfigError, match=r"guards\.injection"):
         load_settings(path)
+
+
+def _chat_model(tmp_path: Path, entry: str, alias: str = "smollm2-135m") -> LlamaCppModel:
+    model = load_settings(_write(tmp_path, f"models:\n  {alias}: {entry}\n")).models[alias]
+    assert isinstance(model, LlamaCppModel)
+    return model
+
+
+def test_the_embedded_chat_model_ships_with_its_recommended_sampling() -> None:
+    model = load_settings().models["smollm2-135m"]
+    assert isinstance(model, LlamaCppModel)
+    assert model.defaults.model_dump(exclude_none=True) == {
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_tokens": 256,
+    }
+
+
+def test_generation_defaults_validate(tmp_path: Path) -> None:
+    entry = (
+        "{backend: openai, base_url: 'http://h/v1', defaults: {temperature: 0.7, top_p: 1, "
+        "max_tokens: 64, stop: '###', frequency_penalty: -1.5, presence_penalty: 2, seed: 7}}"
+    )
+    model = load_settings(_write(tmp_path, f"models:\n  up: {entry}\n")).models["up"]
+    assert isinstance(model, OpenAIUpstreamModel)
+    assert model.defaults.stop == ["###"]  # one string, as a request may send it
+    assert (model.defaults.temperature, model.defaults.max_tokens) == (0.7, 64)
+    assert (model.defaults.frequency_penalty, model.defaults.seed) == (-1.5, 7)
+    # An upstream has none unless configured: its server's own defaults apply.
+    bare = load_settings(
+        _write(tmp_path, "models:\n  up: {backend: openai, base_url: 'http://h'}\n")
+    )
+    assert bare.models["up"].model_dump()["defaults"] == dict.fromkeys(
+        (
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "stop",
+            "frequency_penalty",
+            "presence_penalty",
+            "seed",
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("defaults", "expected"),
+    [
+        ("{temprature: 0.5}", "models.x.defaults.temprature: unknown key; did you mean"),
+        ("{temperature: 2.5}", "models.x.defaults.temperature: Input should be less than or"),
+        ("{top_p: 0}", "models.x.defaults.top_p: Input should be greater than 0"),
+        ("{max_tokens: 0}", "models.x.defaults.max_tokens: Input should be greater than or"),
+        ("{stop: [a, b, c, d, e]}", "models.x.defaults.stop: List should have at most 4"),
+        ("{stop: ['']}", "models.x.defaults.stop: Value error, a stop sequence must not be"),
+        ("{presence_penalty: -3}", "models.x.defaults.presence_penalty: Input should be"),
+    ],
+)
+def test_bad_generation_defaults_name_the_key(tmp_path: Path, defaults: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            _write(tmp_path, f"models:\n  x: {{backend: llamacpp, defaults: {defaults}}}\n")
+        )
+    assert expected in str(info.value)
+
+
+def test_an_embedding_model_has_no_generation_defaults(tmp_path: Path) -> None:
+    text = "models:\n  e: {backend: sentence_transformers, defaults: {temperature: 0}}\n"
+    with pytest.raises(ConfigError, match=r"models\.e\.defaults: unknown key"):
+        load_settings(_write(tmp_path, text))
+
+
+def test_a_default_max_tokens_above_the_model_limit_is_refused(tmp_path: Path) -> None:
+    entry = "{backend: llamacpp, max_tokens_limit: 100, defaults: {max_tokens: 200}}"
+    with pytest.raises(ConfigError) as info:
+        _chat_model(tmp_path, entry, alias="x")
+    message = str(info.value)
+    assert "models.x:" in message
+    assert "defaults.max_tokens (200) is above max_tokens_limit (100)" in message
+    assert _chat_model(tmp_path, entry.replace("200", "100"), alias="x").defaults.max_tokens == 100
+
+
+def test_own_defaults_replace_the_shipped_ones_field_by_field(tmp_path: Path) -> None:
+    own = _chat_model(tmp_path, "{backend: llamacpp, defaults: {temperature: 0.7, top_p: null}}")
+    assert own.defaults.model_dump(exclude_none=True) == {"temperature": 0.7, "max_tokens": 256}
+    # An entry that only changes workers keeps every shipped default.
+    kept = _chat_model(tmp_path, "{backend: llamacpp, workers: 2}")
+    assert kept.defaults.temperature == 0.2 and kept.workers == 2
+    none = _chat_model(tmp_path, "{backend: llamacpp, defaults: null}")
+    assert none.defaults.model_dump(exclude_none=True) == {}
+
+
+def test_the_shipped_max_tokens_yields_to_a_lower_limit(tmp_path: Path) -> None:
+    # The user never wrote 256, so their limit must not turn it into a configuration error.
+    model = _chat_model(tmp_path, "{backend: llamacpp, max_tokens_limit: 100}")
+    assert model.defaults.max_tokens == 100
+    # Their own default above their own limit still is one.
+    with pytest.raises(ConfigError, match="above max_tokens_limit"):
+        _chat_model(
+            tmp_path, "{backend: llamacpp, max_tokens_limit: 100, defaults: {max_tokens: 101}}"
+        )
+
+
+def test_another_model_under_the_embedded_name_gets_no_shipped_defaults(tmp_path: Path) -> None:
+    gguf = tmp_path / "other.gguf"
+    gguf.write_bytes(b"GGUF")
+    model = _chat_model(tmp_path, f"{{backend: llamacpp, path: {gguf}}}")
+    assert model.defaults.model_dump(exclude_none=True) == {}
+    upstream = load_settings(
+        _write(tmp_path, "models:\n  smollm2-135m: {backend: openai, base_url: 'http://h/v1'}\n")
+    ).models["smollm2-135m"]
+    assert isinstance(upstream, OpenAIUpstreamModel)
+    assert upstream.defaults.model_dump(exclude_none=True) == {}

@@ -104,7 +104,7 @@ class RequestMiddleware:
             self._count(scope["path"], status)
             if self.access_log is not None:
                 self._log_access(self.access_log, scope, request_id, status, started)
-            if scope["path"] not in _UNAUDITED:
+            if self.audit.enabled and scope["path"] not in _UNAUDITED:
                 self._audit(scope, request_id, status)
 
     def _count(self, path: str, status: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import orjson
@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from shipway.api.access import Access, Endpoint, RouteAccess
+from shipway.api.generation_defaults import apply_defaults
 from shipway.api.http_input import (
     ClientGone,
     read_json,
@@ -29,6 +30,7 @@ from shipway.api.http_input import (
 )
 from shipway.api.schemas import ChatCompletionBody, EmbeddingBody, parse_body
 from shipway.backends.base import ChatRequest, EmbedRequest
+from shipway.config import GenerationDefaults
 from shipway.errors import InvalidRequest, ShipwayError
 from shipway.pipeline import Call, Pipeline, carries_output
 from shipway.security.principal import Principal
@@ -55,10 +57,12 @@ class OpenAIRoutes:
         owned_by: dict[str, str],
         max_messages: int,
         access: RouteAccess,
+        defaults: Mapping[str, GenerationDefaults],
     ) -> None:
         self.pipeline = pipeline
         self.access = access
         self.owned_by = owned_by
+        self.defaults = defaults
         self.max_messages = max_messages
         self.created = int(time.time())
 
@@ -100,6 +104,9 @@ class OpenAIRoutes:
             ignore_eos=bool(body.ignore_eos),
             body=raw,
         )
+        defaults = self.defaults.get(body.model)
+        if defaults is not None:
+            chat = apply_defaults(chat, defaults, _principal(request).max_tokens)
         call = self._call(request, "chat.completions", body.model, body.timeout)
         stamp = {
             "id": f"chatcmpl-{call.request_id}",

@@ -49,6 +49,8 @@ class LlamaCppRunner:
         if not template:
             raise LocalModelError("internal", f"{path} carries no chat template")
         self._prompt = ChatPromptTokenizer(self.llm, template)
+        # How much of the context was evaluated as a prompt (in batches of two or more).
+        self._prompt_evaluated = 0
         # While a prompt is evaluated, llama.cpp asks this between graph nodes whether to
         # abort: one n_batch chunk takes seconds on a small CPU, longer than a cancel may wait.
         self._abort_check: Callable[[], bool] = _never
@@ -129,39 +131,50 @@ class LlamaCppRunner:
         return {"finish_reason": finish, "prompt_tokens": n_prompt, "completion_tokens": generated}
 
     def _evaluate_prompt(self, prompt: list[int], cancelled: Callable[[], bool]) -> bool:
-        """Evaluate all but the last prompt token, ``n_batch`` at a time; False if cancelled.
+        """Evaluate the whole prompt, ``n_batch`` tokens at a time; False if cancelled.
 
         ``Llama.generate`` evaluates a whole prompt in one uninterruptible call (a 2,000-token
         prompt takes seconds), so a cancel would wait for it. Done here, with a look at the
         cancel between chunks and inside them, it leaves ``generate`` the state it looks for:
-        the context already holds ``prompt[:-1]``, so it keeps that prefix and evaluates only
-        the last token before sampling.
+        the context holds exactly ``prompt`` from a live decode, so it samples the first token
+        from these logits without evaluating anything (llama-cpp-python 0.3.36, pinned).
+
+        llama.cpp computes a batch of one token by another kernel than a batch of two or more
+        (on the Q4_1 SmolLM2 the logits differ by up to 0.9, while batches of any size >= 2
+        agree bit for bit). So no prompt token is ever evaluated alone: not the last one
+        (which is how ``Llama.create_chat_completion`` and llama.cpp's server evaluate a
+        prompt too, so greedy answers match theirs), not a single leftover in the last chunk,
+        and a context reused from an earlier request is reused only as far as it was itself
+        evaluated as a prompt (an earlier answer's tokens were decoded one at a time).
         """
         llm = self.llm
         # What the context holds from earlier requests is reused as far as it matches.
-        held = llm.input_ids[: llm.n_tokens]
-        target = prompt[:-1]
+        held = llm.input_ids[: min(llm.n_tokens, self._prompt_evaluated)]
         keep = 0
-        for have, want in zip(held, target, strict=False):
+        for have, want in zip(held, prompt, strict=False):
             if have != want:
                 break
             keep += 1
+        keep = max(0, min(keep, len(prompt) - 2))  # at least two tokens to decode
         if keep < llm.n_tokens and not llm._ctx.kv_cache_seq_rm(-1, keep, -1):
             keep = 0  # memory that cannot drop a suffix (recurrent): eval() clears all of it
         llm.n_tokens = keep
+        self._prompt_evaluated = keep
         lib = self._lib
         self._abort_check = cancelled
         lib.llama_set_abort_callback(llm.ctx, self._abort_callback, None)
         try:
-            for start in range(keep, len(target), self.n_batch):
+            bounds = _chunk_bounds(keep, len(prompt), self.n_batch)
+            for start, end in zip(bounds, bounds[1:], strict=False):
                 if cancelled():
                     return False
                 try:
-                    llm.eval(target[start : start + self.n_batch])
+                    llm.eval(prompt[start:end])
                 except RuntimeError:
                     if cancelled():  # aborted: llama.cpp has dropped the unfinished chunk
                         return False
                     raise
+                self._prompt_evaluated = llm.n_tokens
         finally:
             # Generation checks between tokens itself; a callback per graph node would cost.
             lib.llama_set_abort_callback(llm.ctx, lib.ggml_abort_callback(), None)
@@ -195,6 +208,17 @@ class LlamaCppRunner:
 
 def _never() -> bool:
     return False
+
+
+def _chunk_bounds(start: int, end: int, n_batch: int) -> list[int]:
+    """Chunk edges for tokens ``start:end``: at most ``n_batch`` each, none a lone token.
+
+    A one-token remainder is taken from the chunk before it (impossible with ``n_batch`` < 3).
+    """
+    bounds = [*range(start, end, n_batch), end]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1 and n_batch >= 3:
+        bounds[-2] -= 1
+    return bounds
 
 
 class _StopScanner:

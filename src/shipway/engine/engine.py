@@ -180,6 +180,8 @@ class ModelRunner:
             "capabilities": sorted(self.capabilities),
             "queue": {"waiting": self.waiting, "max_waiting": self.queue_settings.max_waiting},
         }
+        if isinstance(self.settings, LlamaCppModel | OpenAIUpstreamModel):
+            out["defaults"] = self.settings.defaults.model_dump(exclude_none=True)
         if self.workers:
             out["workers"] = [worker.status() for worker in self.workers]
         else:

@@ -239,17 +239,7 @@ class KeyService:
             if old.revoked_at is not None and old.revoked_at <= datetime.now(UTC):
                 raise InvalidRequest(f"key {key_id} is revoked; make a new key instead")
             team = None if old.team_id is None else await get_team_by_id(session, old.team_id)
-        spec = KeySpec(
-            name=old.name,
-            team=None if team is None else team.name,
-            models=old.models,
-            rpm=old.rpm,
-            tpm=old.tpm,
-            max_tokens=old.max_tokens,
-            guards=old.guards,
-            expires_at=old.expires_at,
-            admin=old.admin,
-        )
+        spec = _spec_of(old, None if team is None else team.name)
         if actor is not None:
             _check_within(spec, actor)
         secret, new = await self.create(spec, actor=actor)
