@@ -10,6 +10,7 @@ cancel, on a stop string, or at ``max_tokens``, and report logprobs without ``lo
 from __future__ import annotations
 
 import codecs
+import itertools
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -165,7 +166,7 @@ class LlamaCppRunner:
         lib.llama_set_abort_callback(llm.ctx, self._abort_callback, None)
         try:
             bounds = _chunk_bounds(keep, len(prompt), self.n_batch)
-            for start, end in zip(bounds, bounds[1:], strict=False):
+            for start, end in itertools.pairwise(bounds):
                 if cancelled():
                     return False
                 try:
