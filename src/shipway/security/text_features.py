@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["NgramHasher", "normalise"]
+__all__ = ["SHORT_TEXT", "NgramHasher", "normalise"]
 
 _U64 = np.uint64
 _MOD = 1 << 64
@@ -66,6 +66,56 @@ class NgramHasher:
             half = self.max_chars // 2
             normalised = f"{normalised[:half]} {normalised[-half:]}"
         padded = f" {normalised} "
+        if len(padded) <= SHORT_TEXT:
+            return self._short_buckets(padded)
+        return self._array_buckets(padded)
+
+    def _short_buckets(self, padded: str) -> npt.NDArray[np.int32]:
+        """The same buckets as ``_array_buckets``, in plain integers: its two dozen NumPy
+        passes cost ~100 µs whatever the length, more than this whole loop on a short text
+        (most chat turns). A test holds the two paths to the same answer."""
+        codes = [ord(ch) for ch in padded]
+        if self.fold_digits:
+            codes = [48 if 48 <= c <= 57 else c for c in codes]
+        n = len(codes)
+        prefix = [0] * (n + 1)
+        total, power = 0, 1
+        for i, code in enumerate(codes):
+            total = (total + code * power) & _M64
+            power = (power * _P) & _M64
+            prefix[i + 1] = total
+        inverse = _SHORT_INVERSE
+
+        def substring(start: int, end: int) -> int:
+            return ((prefix[end] - prefix[start]) * inverse[start]) & _M64
+
+        hashed = [
+            substring(i, i + size) ^ size
+            for size in self.char_sizes
+            if size <= n
+            for i in range(n + 1 - size)
+        ]
+        if self.words:
+            starts, ends, inside = [], [], False
+            for i, code in enumerate(codes):
+                word = code >= 128 or _ASCII_WORD_LIST[code]
+                if word and not inside:
+                    starts.append(i)
+                elif inside and not word:
+                    ends.append(i)
+                inside = word
+            if inside:
+                ends.append(n)
+            hashed += [substring(a, b) ^ _WORD_SALT for a, b in zip(starts, ends, strict=True)]
+            hashed += [
+                substring(starts[k], ends[k + 1]) ^ _PAIR_SALT for k in range(len(starts) - 1)
+            ]
+        shift = 64 - self.bits
+        mix = int(_MIX)
+        found = {(((h ^ (h >> 31)) * mix) & _M64) >> shift for h in hashed}
+        return np.array(sorted(found), dtype=np.int32)
+
+    def _array_buckets(self, padded: str) -> npt.NDArray[np.int32]:
         codes = np.frombuffer(padded.encode("utf-32-le"), dtype="<u4").astype(_U64)
         if self.fold_digits:
             codes[(codes >= 48) & (codes <= 57)] = 48
@@ -97,6 +147,15 @@ class NgramHasher:
         first[0] = True
         np.not_equal(buckets[1:], buckets[:-1], out=first[1:])
         return buckets[first]
+
+
+# Texts up to this many characters (padding included) are hashed in plain integers: below
+# it that is faster than the NumPy passes (measured: 7 characters 30 µs vs 72; 39: 127 vs 76).
+SHORT_TEXT = 24
+_M64 = (1 << 64) - 1
+_ASCII_WORD_LIST = [bool(flag) for flag in _ASCII_WORD]
+# Room for texts well past SHORT_TEXT, so a test can compare the two paths on them.
+_SHORT_INVERSE = [pow(_P_INV, i, 1 << 64) for i in range(129)]
 
 
 def _power_table(base: int, count: int) -> npt.NDArray[np.uint64]:
