@@ -408,6 +408,13 @@ class OpenAIUpstreamModel(_ChatModel):
     max_connections: int = Field(
         100, ge=1, description="Pooled keep-alive connections to the upstream."
     )
+    max_answer_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Largest non-streamed answer read from the upstream (a chat completion or "
+        "an embeddings list); a larger one is a 502, so a broken or hostile upstream cannot "
+        "fill Shipway's memory.",
+    )
     keepalive_s: float = Field(
         4.0,
         gt=0,

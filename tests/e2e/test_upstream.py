@@ -30,6 +30,8 @@ def gateway(upstream: Server) -> Iterator[Server]:
                 "up-break": up("break-stream"),
                 "up-error-stream": up("error-stream"),
                 "up-slow": up("slow-5", queue={"timeout_s": 0.5}),
+                "up-huge": up("huge-2", max_answer_bytes=1024 * 1024),
+                "up-big": up("huge-0.5", max_answer_bytes=1024 * 1024),
                 "up-down": {"backend": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1"},
             },
         },
@@ -202,3 +204,18 @@ def test_gateway_refuses_to_start_without_the_key(upstream: Server) -> None:
     )
     assert result.returncode == 2
     assert "SHIPWAY_TEST_UNSET_KEY is not set" in result.stderr
+
+
+def test_an_answer_over_max_answer_bytes_is_a_502_and_the_next_one_is_served(
+    gateway: Server,
+) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    url = gateway.base + "/v1/chat/completions"
+    too_big = httpx.post(url, json={**body, "model": "up-huge"}, timeout=30)
+    assert too_big.status_code == 502
+    assert "max_answer_bytes" in too_big.json()["error"]["message"]
+    # Under the limit is served whole; the connection pool is not left holding the rest.
+    for _ in range(2):
+        fine = httpx.post(url, json={**body, "model": "up-big"}, timeout=30)
+        assert fine.status_code == 200
+        assert len(fine.json()["choices"][0]["message"]["content"]) == 512 * 1024

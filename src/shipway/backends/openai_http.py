@@ -101,18 +101,36 @@ class OpenAIHTTPBackend:
         return response
 
     async def _read(self, response: aiohttp.ClientResponse, limit: int | None = None) -> bytes:
-        """The body (or its first ``limit`` bytes); a body cut short is the upstream's fault."""
+        """The body, or its first ``limit`` bytes; a body cut short is the upstream's fault."""
         try:
             if limit is None:
                 return await response.read()
-            raw = b""
-            while len(raw) < limit and (part := await response.content.read(limit - len(raw))):
-                raw += part
-            return raw
+            parts: list[bytes] = []
+            got = 0
+            while got < limit and (part := await response.content.read(limit - got)):
+                parts.append(part)
+                got += len(part)
+            return b"".join(parts)
         except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as exc:
             raise UpstreamError(
                 f"upstream of model {self.alias!r} broke off its answer: {exc!r}"
             ) from exc
+
+    async def _read_answer(self, response: aiohttp.ClientResponse) -> bytes:
+        """A successful answer, refused past ``max_answer_bytes`` without holding more."""
+        limit = self.settings.max_answer_bytes
+        declared = response.content_length
+        if declared is None or declared > limit:
+            raw = await self._read(response, limit=limit + 1)
+        else:
+            raw = await self._read(response)
+        if len(raw) > limit:
+            response.close()  # the rest is never read: this connection is not reused
+            raise UpstreamError(
+                f"upstream of model {self.alias!r} sent an answer larger than "
+                f"{limit} bytes (models.{self.alias}.max_answer_bytes)"
+            )
+        return raw
 
     def _scrubbed(self, message: str) -> str:
         """An upstream's message without our key in it: some servers quote the key they got
@@ -168,7 +186,7 @@ class OpenAIHTTPBackend:
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         response = await self._post("chat/completions", self._body(request.body, stream=False))
         try:
-            data = await self._read(response)
+            data = await self._read_answer(response)
         finally:
             response.release()
         return _json_object(data, self.alias)
@@ -218,7 +236,7 @@ class OpenAIHTTPBackend:
         changes: dict[str, Any] = {"input": request.inputs}
         response = await self._post("embeddings", self._body(request.body, **changes))
         try:
-            data = _json_object(await self._read(response), self.alias)
+            data = _json_object(await self._read_answer(response), self.alias)
         finally:
             response.release()
         try:

@@ -13,6 +13,7 @@ The ``model`` field picks the behaviour, so a Shipway config maps aliases onto f
     error-stream    stream one chunk, then an error event
     garbage         answer 200 with a body that is not JSON
     cut-body        promise 1000 bytes, send 11, drop the connection
+    huge-<MiB>      answer a valid completion padded to that many MiB
 
 ``GET /_last`` returns the last request's headers and body, so tests can see what Shipway sent.
 """
@@ -113,6 +114,11 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         return response
     if model == "garbage":
         return web.Response(text="<html>not json</html>", content_type="text/html")
+    if model.startswith("huge-"):
+        size = int(float(model.removeprefix("huge-")) * 1024 * 1024)
+        return web.Response(
+            body=orjson.dumps(_completion(model, "x" * size, 1)), content_type="application/json"
+        )
     text = _reply_text(body)
     prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
     if not body.get("stream"):
