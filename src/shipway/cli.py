@@ -80,11 +80,16 @@ def serve(
     from shipway.telemetry.logging import configure_logging
 
     configure_logging(settings.server.log_level, settings.server.log_format)
+    from shipway.errors import StoreUnavailable
+
     try:
         run(settings)
     except ConfigError as exc:
         typer.echo(f"configuration error\n{exc}", err=True)
         raise typer.Exit(2) from None
+    except StoreUnavailable as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
 
 
 @config_app.command("check")

@@ -39,7 +39,7 @@ from shipway.store import Database, build_counter
 from shipway.telemetry.logging import AccessLog
 from shipway.telemetry.metrics import Metrics
 
-__all__ = ["build_app", "check_open_access", "run"]
+__all__ = ["build_app", "preflight", "run"]
 
 # File descriptors kept back from client connections: worker pipes, upstream pools, logs.
 _RESERVED_FDS = 256
@@ -133,7 +133,7 @@ def run(settings: ShipwaySettings) -> None:
     """Serve ``settings`` with uvicorn until SIGINT/SIGTERM, then drain and stop."""
     import uvicorn
 
-    check_open_access(settings)
+    preflight(settings)
     app = build_app(settings)
     server = settings.server
     limits = ConnectionLimits.from_settings(server, _connection_cap(server.max_connections))
@@ -155,30 +155,35 @@ def run(settings: ShipwaySettings) -> None:
     )
 
 
-def check_open_access(settings: ShipwaySettings) -> None:
-    """Refuse to serve a non-loopback address with no key unless told it may be open.
+def preflight(settings: ShipwaySettings) -> None:
+    """Before binding: the store is reachable and migrated, Redis answers, and a server
+    reachable from other machines has a key (unless told it may be open).
 
-    Raises ``ConfigError``. Checked before binding: once a key exists, every protected route
-    needs one, wherever the server listens.
+    Raises ``StoreUnavailable`` or ``ConfigError`` with one clear line, rather than a
+    traceback from the lifespan. Once a key exists, every protected route needs one, wherever
+    the server listens.
     """
-    if settings.auth.insecure or _is_loopback(settings.server.host):
-        return
 
-    async def any_key() -> bool:
+    async def check() -> bool:
         database = Database.from_settings(settings)
         await database.start()
         try:
+            counter = build_counter(settings)
+            await counter.start()
+            await counter.close()
             return await build_key_service(settings, database, os.environ).keys_exist()
         finally:
             await database.stop()
 
-    if not asyncio.run(any_key()):
-        raise ConfigError(
-            f"server.host {settings.server.host!r} is reachable from other machines and no "
-            "API key exists, so anyone could use every model. Make a key first "
-            "(`shipway keys create --name NAME --admin`), or serve on 127.0.0.1, or pass "
-            "--insecure to serve it open anyway."
-        )
+    keys_exist = asyncio.run(check())
+    if keys_exist or settings.auth.insecure or _is_loopback(settings.server.host):
+        return
+    raise ConfigError(
+        f"server.host {settings.server.host!r} is reachable from other machines and no "
+        "API key exists, so anyone could use every model. Make a key first "
+        "(`shipway keys create --name NAME --admin`), or serve on 127.0.0.1, or pass "
+        "--insecure to serve it open anyway."
+    )
 
 
 def _is_loopback(host: str) -> bool:
