@@ -75,6 +75,8 @@ class ShipwayError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    headers: dict[str, str] | None = None
+    """Extra response headers (``Retry-After`` comes from ``retry_after``)."""
 
     def __init__(
         self,
@@ -196,10 +198,19 @@ class RateLimited(ShipwayError):
     type = "requests"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, kind: str, retry_after: float | None) -> None:
-        """``retry_after`` None: waiting cannot help (the request alone exceeds the limit)."""
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        retry_after: float | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """``retry_after`` None: waiting cannot help (the request alone exceeds the limit).
+        ``headers``: the refusing limit's ``x-ratelimit-*``, as OpenAI sends them on a 429."""
         super().__init__(message, retry_after=retry_after)
         self.type = kind
+        self.headers = headers
 
 
 class HeadersTooLarge(ShipwayError):

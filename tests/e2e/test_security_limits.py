@@ -85,6 +85,8 @@ def test_requests_per_minute(gateway: Server, http: httpx.Client) -> None:
     error = _refusal(refused, "requests")
     assert "five-a-minute" in error["message"] and "Limit 5" in error["message"]
     assert 1 <= int(refused.headers["retry-after"]) <= WINDOW_S
+    assert refused.headers["x-ratelimit-limit-requests"] == "5"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     # Still refused: a refusal takes nothing, and nothing was given back.
     assert _chat(http, gateway, key).status_code == 429
 

@@ -111,6 +111,12 @@ async def test_requests_over_the_rpm_are_refused_until_the_window_ends(
         "Rate limit reached for requests per minute on key 'alice' (sw-ali12345…): "
         "Limit 2, Used 2, Requested 1. Please try again in 12.3s."
     )
+    # As OpenAI does, the 429 carries the refusing limit's headers too.
+    assert error.headers == {
+        "x-ratelimit-limit-requests": "2",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "12.3s",
+    }
     clock.now = START + 60
     again = await limiter.admit(alice, tokens=10)
     assert dict(again.headers())[b"x-ratelimit-remaining-requests"] == b"1"

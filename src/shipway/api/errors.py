@@ -26,6 +26,8 @@ def error_response(error: ShipwayError) -> Response:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     if isinstance(error, MethodNotAllowed):
         headers["Allow"] = error.allow
+    if error.headers:
+        headers.update(error.headers)
     return Response(
         orjson.dumps(error.to_dict()),
         status_code=error.status,

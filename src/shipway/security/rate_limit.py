@@ -234,6 +234,9 @@ class RateLimiter:
             f"Please try again in {wait}.",
             kind=kind,
             retry_after=result.reset_after_s,
+            headers={
+                name.decode(): value.decode() for name, value in _headers(kind.encode(), result)
+            },
         )
 
     def _never_fits(
