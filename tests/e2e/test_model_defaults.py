@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 from tests.e2e.conftest import CHAT, EMBED
-from tests.support.servers import Server, fake_upstream, shipway_server
+from tests.support.servers import Server, shipway_server
 
 SHIPPED = {"temperature": 0.2, "top_p": 0.9, "max_tokens": 256}
 STORY = [{"role": "user", "content": "Write a long story about a dragon and a knight."}]
@@ -45,13 +45,6 @@ def test_readyz_shows_each_chat_models_defaults(server: Server) -> None:
     models = httpx.get(server.base + "/readyz").json()["models"]
     assert models[CHAT]["defaults"] == SHIPPED
     assert "defaults" not in models[EMBED]  # embeddings have nothing to sample
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Server]:
-    srv = fake_upstream()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture(scope="module")
