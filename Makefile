@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
+STAMP_CHROMIUM := $(VENV)/.chromium
 HOST ?= 127.0.0.1
 PORT ?= 8700
 # A prebuilt llama-cpp-python wheel beside the project, when there is one, saves its 5-15
@@ -37,7 +38,22 @@ serve: $(STAMP_RUN)
 	@echo "==> shipway serve on http://$(HOST):$(PORT)/v1  (Ctrl-C to stop)"
 	$(BIN)/shipway serve --host $(HOST) --port $(PORT)
 
-test: lint
+# The browser tests (tests/browser) drive Debian's chromium through Playwright; Playwright's
+# own browser download is never used. As root (CI) it is installed when missing; elsewhere
+# the tests say how and skip (in CI, with CI=true, they fail instead).
+$(STAMP_CHROMIUM): | $(BIN)/python
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "==> installing Debian's chromium for the browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }; \
+	  else \
+	    echo "note: no chromium: the browser tests will be skipped (sudo apt-get install chromium)"; \
+	  fi; \
+	fi
+	@if command -v chromium >/dev/null; then touch $@; fi
+
+test: lint $(STAMP_CHROMIUM)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-fast: $(STAMP_DEV)

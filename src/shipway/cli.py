@@ -394,5 +394,57 @@ def audit_anchor(
     typer.echo(document, nl=False)
 
 
+@app.command()
+def stats(
+    url: Annotated[
+        str, typer.Option(envvar="SHIPWAY_URL", help="The server, e.g. http://127.0.0.1:8700.")
+    ] = "http://127.0.0.1:8700",
+    key: Annotated[
+        str | None,
+        typer.Option(envvar="SHIPWAY_API_KEY", help="An admin key (once the server has keys)."),
+    ] = None,
+    window: Annotated[int, typer.Option(min=10, help="Seconds of history to summarise.")] = 300,
+    watch: Annotated[bool, typer.Option("--watch", help="Redraw in place until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between redraws.")] = 2.0,
+) -> None:
+    """A running server's traffic, latency, errors, cost, models and alerts (as /dashboard)."""
+    from shipway.dashboard.stats_client import SummaryUnavailable
+    from shipway.dashboard.stats_view import show_stats
+
+    try:
+        show_stats(Console(), url, key, window, watch=watch, interval_s=interval)
+    except SummaryUnavailable as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+# -- alerts (telemetry) --
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert rules (evaluated by `serve`).")
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("export")
+def alerts_export(
+    config: ConfigOption = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write it here instead of stdout.")
+    ] = None,
+) -> None:
+    """Write the alert rules (defaults included) as a Prometheus alerting-rules file."""
+    from shipway.telemetry.alert_export import export_yaml
+
+    document = export_yaml(_load(config), str(config) if config else None)
+    if output is None:
+        typer.echo(document, nl=False)
+        return
+    try:
+        output.write_text(document, encoding="utf-8")
+    except OSError as exc:
+        typer.echo(f"cannot write {output}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     app()

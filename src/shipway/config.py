@@ -20,25 +20,39 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from typing_extensions import TypeAliasType
 
 from shipway.errors import ConfigError
 
 __all__ = [
     "EMBEDDED_CHAT_MODEL",
     "EMBEDDED_EMBEDDING_MODEL",
+    "AlertRule",
+    "AlertSettings",
+    "AlertSeverity",
     "AuditSettings",
     "AuthSettings",
+    "CostRateRule",
+    "DashboardSettings",
+    "ErrorRateRule",
     "GenerationDefaults",
     "GuardOverrides",
     "GuardSettings",
+    "LatencyRule",
     "LlamaCppModel",
     "ModelSettings",
+    "ModelUnavailableRule",
     "OpenAIUpstreamModel",
+    "Price",
+    "QueueSaturationRule",
     "QueueSettings",
     "RateLimitSettings",
     "SentenceTransformersModel",
     "ServerSettings",
     "ShipwaySettings",
+    "TelemetrySettings",
+    "TracingSettings",
+    "WebhookSettings",
     "WorkerSettings",
     "load_settings",
 ]
@@ -227,6 +241,270 @@ class AuditSettings(_Strict):
     )
 
 
+class TracingSettings(_Strict):
+    """W3C trace context on every request, OpenTelemetry spans when exported."""
+
+    enabled: bool = Field(
+        True,
+        description="Continue a client's `traceparent` (or start a trace), return it in the "
+        "response's `traceparent` header and put `trace_id` in the access-log line. Without "
+        "an exporter this is all it does (no spans are built: near-zero cost).",
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP collector to export spans to, e.g. `http://127.0.0.1:4318` "
+        "(`/v1/traces` is added); a span per pipeline stage under one per request.",
+    )
+    otlp_headers_env: str | None = Field(
+        None,
+        description="Environment variable holding headers for the collector "
+        "(`name=value,name=value`, e.g. an auth token): secrets stay out of the file.",
+    )
+    exporter: Literal["otlp", "console", "discard"] = Field(
+        "otlp",
+        description="`otlp` (with `otlp_endpoint`), `console` (spans as JSON on stderr, to "
+        "debug) or `discard` (spans built and dropped: measures tracing's cost).",
+    )
+    sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of new traces recorded; a client's sampled flag is followed.",
+    )
+    service_name: str = Field("shipway", description="`service.name` of the exported spans.")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL of an OTLP/HTTP collector")
+        return value
+
+
+class TelemetrySettings(_Strict):
+    """Traces, costs and the in-memory history the dashboard and alerts read."""
+
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings, description="W3C trace context and OpenTelemetry."
+    )
+    currency: str = Field(
+        "USD",
+        min_length=1,
+        max_length=8,
+        description="Currency of every `models.<alias>.price` (only a label: no conversion).",
+    )
+    history_s: int = Field(
+        3600,
+        ge=60,
+        le=7 * 86400,
+        description="Seconds of per-second aggregates kept in memory for the dashboard, "
+        "`shipway stats` and alert rules.",
+    )
+
+
+class DashboardSettings(_Strict):
+    """The web dashboard at `/dashboard`."""
+
+    enabled: bool = Field(
+        True,
+        description="Serve `/dashboard` (an admin key is needed once any key exists).",
+    )
+
+
+AlertSeverity = Literal["info", "warning", "critical"]
+_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+def _env_var_name(value: str | None) -> str | None:
+    if value is not None and (not value or not value.replace("_", "").isalnum()):
+        raise ValueError("must be the NAME of an environment variable (letters, digits, _)")
+    return value
+
+
+class _AlertRuleBase(_Strict):
+    name: str = Field(
+        pattern=_NAME_PATTERN,
+        description="Unique name: the `rule` of a notification and the Prometheus `alertname`; "
+        "a rule named like a default rule replaces it.",
+    )
+    severity: AlertSeverity = Field("warning", description="`info`, `warning` or `critical`.")
+    for_s: float = Field(
+        60.0,
+        ge=0,
+        description="The condition must hold this long (pending) before the alert fires.",
+    )
+    models: list[str] | None = Field(
+        None, description="Only these model aliases; unset: every model, each on its own."
+    )
+
+
+class LatencyRule(_AlertRuleBase):
+    """Fires when a latency quantile (received to last byte) is over an SLA."""
+
+    kind: Literal["latency"] = Field(description="Rule kind.")
+    quantile: float = Field(0.95, gt=0, lt=1, description="0.95 for p95, 0.99 for p99.")
+    threshold_s: float = Field(gt=0, description="The SLA: fires above this many seconds.")
+    window_s: float = Field(300.0, gt=0, description="The quantile is over this many seconds.")
+    min_requests: int = Field(
+        20, ge=1, description="Fewer calls than this in the window never fire."
+    )
+
+
+class ErrorRateRule(_AlertRuleBase):
+    """Fires when a model's share of failed calls (status >= 400 but 499) spikes."""
+
+    kind: Literal["error_rate"] = Field(description="Rule kind.")
+    threshold: float = Field(
+        0.05, gt=0, le=1, description="Fires above max(this, `baseline_factor` x baseline)."
+    )
+    baseline_factor: float = Field(
+        3.0,
+        ge=0,
+        description="Multiple of the error rate over `baseline_window_s` before the window "
+        "that counts as a spike; 0 compares with `threshold` alone.",
+    )
+    baseline_window_s: float = Field(3600.0, gt=0, description="The baseline's span.")
+    ceiling: float = Field(
+        0.5, gt=0, le=1, description="An error rate above this fires whatever the baseline."
+    )
+    window_s: float = Field(300.0, gt=0, description="The rate is over this many seconds.")
+    min_requests: int = Field(
+        20, ge=1, description="Fewer calls than this in the window never fire."
+    )
+
+    @model_validator(mode="after")
+    def _ceiling_above_threshold(self) -> ErrorRateRule:
+        if self.ceiling < self.threshold:
+            raise ValueError("`ceiling` must be at least `threshold`")
+        return self
+
+
+class ModelUnavailableRule(_AlertRuleBase):
+    """Fires when a model has not been ready (no worker loaded) for `for_s`."""
+
+    kind: Literal["model_unavailable"] = Field(description="Rule kind.")
+    severity: AlertSeverity = Field("critical", description="`info`, `warning` or `critical`.")
+
+
+class QueueSaturationRule(_AlertRuleBase):
+    """Fires when a model's queue is nearly full (one more waiting gets 429)."""
+
+    kind: Literal["queue_saturation"] = Field(description="Rule kind.")
+    threshold: float = Field(
+        0.9, gt=0, le=1, description="Share of the model's `queue.max_waiting` that fires."
+    )
+
+
+class CostRateRule(_AlertRuleBase):
+    """Fires when spend per hour (at `models.<alias>.price`) is over a threshold."""
+
+    kind: Literal["cost_rate"] = Field(description="Rule kind.")
+    threshold_per_hour: float = Field(
+        gt=0, description="Fires above this spend per hour, in `telemetry.currency`."
+    )
+    window_s: float = Field(3600.0, gt=0, description="The rate is over this many seconds.")
+    per_model: bool = Field(False, description="One alert per model; otherwise the models' total.")
+    for_s: float = Field(0.0, ge=0, description="The condition must hold this long to fire.")
+
+
+_ALERT_KINDS = ("latency", "error_rate", "model_unavailable", "queue_saturation", "cost_rate")
+# A named alias, so the configuration reference shows `list[AlertRule]`.
+AlertRule = TypeAliasType(
+    "AlertRule",
+    Annotated[
+        LatencyRule | ErrorRateRule | ModelUnavailableRule | QueueSaturationRule | CostRateRule,
+        Field(discriminator="kind"),
+    ],
+)
+
+
+class WebhookSettings(_Strict):
+    """Where firing and resolved notifications are POSTed."""
+
+    name: str = Field(
+        pattern=_NAME_PATTERN, description="Named in logs instead of the URL (never logged)."
+    )
+    format: Literal["json", "slack"] = Field(
+        "json", description="`json`: Shipway's own JSON; `slack`: a Slack incoming webhook."
+    )
+    url: str | None = Field(
+        None,
+        description="The receiver's URL, for one whose URL is no secret (a relay on a "
+        "private network). A URL with a token in it goes in `url_env`.",
+    )
+    url_env: str | None = Field(
+        None, description="Environment variable holding the URL (required for `slack`)."
+    )
+    headers_env: str | None = Field(
+        None,
+        description="Environment variable holding headers to send (`name=value,name=value`, "
+        "e.g. an auth token).",
+    )
+    min_severity: AlertSeverity = Field(
+        "info", description="Alerts less severe than this are not sent here."
+    )
+    timeout_s: float = Field(5.0, gt=0, le=60, description="Per attempt.")
+    retries: int = Field(
+        3, ge=0, le=10, description="Attempts after the first (backoff 0.5 s doubling)."
+    )
+
+    _env_names = field_validator("url_env", "headers_env")(_env_var_name)
+
+    @field_validator("url")
+    @classmethod
+    def _plain_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        if parts.password or parts.query:
+            raise ValueError("looks like it holds a secret: put the URL in `url_env` instead")
+        return value
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookSettings:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("set exactly one of `url` and `url_env`")
+        if self.format == "slack" and self.url is not None:
+            raise ValueError(
+                "a Slack webhook URL is a secret: set `url_env` to the NAME of the "
+                "environment variable that holds it, not `url`"
+            )
+        return self
+
+
+class AlertSettings(_Strict):
+    """Alert rules evaluated in the process, notified to webhooks."""
+
+    enabled: bool = Field(True, description="Evaluate the alert rules.")
+    evaluation_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="Rules are evaluated this often."
+    )
+    default_rules: bool = Field(
+        True,
+        description="Evaluate the default rules (latency p95/p99, error rate, model "
+        "unavailable, queue saturation; docs/observability.md) beside `rules`.",
+    )
+    rules: list[AlertRule] = Field(
+        default_factory=list,
+        description="Rules, each with a `kind`: `latency`, `error_rate`, `model_unavailable`, "
+        "`queue_saturation` or `cost_rate`.",
+    )
+    webhooks: list[WebhookSettings] = Field(
+        default_factory=list, description="Receivers of firing and resolved notifications."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AlertSettings:
+        for items, what in ((self.rules, "rule"), (self.webhooks, "webhook")):
+            names = [item.name for item in items]
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise ValueError(f"{what} names must be unique: {', '.join(repeated)}")
+        return self
+
+
 class QueueSettings(_Strict):
     """Admission to a model: a bounded queue with priorities and deadlines."""
 
@@ -264,6 +542,16 @@ class WorkerSettings(_Strict):
     )
 
 
+class Price(_Strict):
+    """Price per million tokens (for a local model: what its hardware costs, or 0)."""
+
+    input: float = Field(0.0, ge=0, description="Per million prompt (input) tokens.")
+    output: float = Field(0.0, ge=0, description="Per million completion (output) tokens.")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+
+
 class _ModelBase(_Strict):
     queue: QueueOverrides = Field(
         default_factory=QueueOverrides, description="Per-model queue overrides."
@@ -278,6 +566,10 @@ class _ModelBase(_Strict):
         "also the default when a request sets none and `defaults.max_tokens` is unset.",
     )
     owned_by: str = Field("shipway", description="`owned_by` shown in /v1/models.")
+    price: Price = Field(
+        default_factory=lambda: Price(),
+        description="What a call costs, per million tokens, in `telemetry.currency`.",
+    )
 
 
 _MAX_STOP = 4
@@ -525,6 +817,15 @@ class ShipwaySettings(BaseSettings):
         default_factory=GuardSettings, description="Prompt-injection and PII guards."
     )
     audit: AuditSettings = Field(default_factory=AuditSettings, description="The audit log.")
+    telemetry: TelemetrySettings = Field(
+        default_factory=TelemetrySettings, description="Traces, prices and recent history."
+    )
+    alerts: AlertSettings = Field(
+        default_factory=AlertSettings, description="Alert rules and where they notify."
+    )
+    dashboard: DashboardSettings = Field(
+        default_factory=DashboardSettings, description="The web dashboard."
+    )
     embedded_models: bool = Field(
         True,
         description="Serve the two embedded models (`smollm2-135m`, `all-minilm-l6-v2`) "
@@ -673,12 +974,17 @@ def _describe(exc: ValidationError, source: str) -> str:
         # A discriminated union adds its tag to the path; it is not a key the user wrote.
         if len(loc) > 2 and loc[0] == "models" and loc[2] in _BACKEND_MODELS:
             backend = loc.pop(2)
+        alert_rule = loc[:2] == ["alerts", "rules"]
+        if alert_rule and len(loc) > 3 and loc[3] in _ALERT_KINDS:
+            loc.pop(3)
         path = ".".join(loc) or "(top level)"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key" + _suggestion(loc, backend)
         elif error["type"] == "union_tag_invalid" or error["type"] == "union_tag_not_found":
             message = f"`backend` must be one of {sorted(_BACKEND_MODELS)}"
+            if alert_rule:
+                message = f"`kind` must be one of {list(_ALERT_KINDS)}"
         lines.append(f"  - {path}: {message}")
     return "\n".join(lines)
 

@@ -13,18 +13,33 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from shipway.config import (
+    AlertSettings,
+    CostRateRule,
+    ErrorRateRule,
     GenerationDefaults,
+    LatencyRule,
     LlamaCppModel,
+    ModelUnavailableRule,
     OpenAIUpstreamModel,
     QueueOverrides,
+    QueueSaturationRule,
     QueueSettings,
     SentenceTransformersModel,
     ServerSettings,
     ShipwaySettings,
+    WebhookSettings,
     WorkerSettings,
 )
 
 __all__ = ["render"]
+
+_ALERT_RULES: tuple[tuple[str, type[BaseModel]], ...] = (
+    ("latency", LatencyRule),
+    ("error_rate", ErrorRateRule),
+    ("model_unavailable", ModelUnavailableRule),
+    ("queue_saturation", QueueSaturationRule),
+    ("cost_rate", CostRateRule),
+)
 
 _HEADER = """# Configuration reference
 
@@ -119,6 +134,15 @@ def render() -> str:
             env=False,
         )
         + _EMBEDDED_DEFAULTS_NOTE,
+        _section("`alerts`", AlertSettings, "alerts."),
+        "## `alerts.rules[]`\n\nEach rule has a `kind`; the keys each kind accepts follow. "
+        "The default rules and what each kind measures: "
+        "[observability.md](observability.md#alerts).\n",
+        *(
+            _section(f"`kind: {kind}`", model, "alerts.rules[].", env=False)
+            for kind, model in _ALERT_RULES
+        ),
+        _section("`alerts.webhooks[]`", WebhookSettings, "alerts.webhooks[].", env=False),
     ]
     return "\n".join(parts)
 

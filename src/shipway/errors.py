@@ -240,11 +240,16 @@ class UpstreamError(ShipwayError):
         code: str | None = None,
         retry_after: float | None = None,
         error_type: str | None = None,
+        kind: str = "bad_answer",
     ) -> None:
         super().__init__(message, code=code, retry_after=retry_after)
         self.status = status
         if error_type is not None:
             self.type = error_type
+        # What went wrong, from a small fixed set (a metric label; retries decide on it):
+        # unreachable, broken, rejected, rate_limited, auth_failed, server_error, too_large,
+        # error_event, bad_answer.
+        self.kind = kind
 
 
 class ModelUnavailable(ShipwayError):

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from shipway.backends.base import Backend, ChatRequest, EmbedRequest, EmbedResult
+from shipway.backends.base import MEAN_LOGPROB, Backend, ChatRequest, EmbedRequest, EmbedResult
 from shipway.config import ShipwaySettings
 from shipway.engine.admission import Priority
 from shipway.engine.engine import Engine, ModelRunner
@@ -37,6 +37,7 @@ from shipway.errors import (
     ModelNotFound,
     PermissionDenied,
     ShipwayError,
+    UpstreamError,
 )
 from shipway.security.guard_stage import ChatGuarding, ChatStreamRestorer, Guards
 from shipway.security.input_limits import (
@@ -47,6 +48,8 @@ from shipway.security.input_limits import (
 from shipway.security.principal import ANONYMOUS, Principal
 from shipway.security.rate_limit import Admission, RateLimiter
 from shipway.telemetry.metrics import Metrics
+from shipway.telemetry.recent import RecentStats
+from shipway.telemetry.tracing import RequestTrace
 
 __all__ = ["Call", "Pipeline", "carries_output"]
 
@@ -85,6 +88,12 @@ class Call:
     """Tokens the rate-limit stage reserved (prompt estimate + answer cap)."""
     audit_content: dict[str, Any] | None = None
     """Prompt and answer, kept only with ``audit.store_content`` (stored encrypted)."""
+    cost: float = 0.0
+    """What the call cost at its model's price (``telemetry.currency``), set by account."""
+    confidence: float | None = None
+    """Mean log-probability of the answer's tokens, where the backend gives it."""
+    trace: RequestTrace | None = None
+    """The request's trace; stages record spans on it when it is exported."""
 
     def timings_ms(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -105,9 +114,13 @@ class Pipeline:
         settings: ShipwaySettings,
         limiter: RateLimiter,
         guards: Guards,
+        recent: RecentStats,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.recent = recent
+        self._prices = {alias: model.price for alias, model in settings.models.items()}
+        self.currency = settings.telemetry.currency
         self.limiter = limiter
         self.guards = guards
         self.keep_content = settings.audit.enabled and settings.audit.store_content
@@ -186,6 +199,55 @@ class Pipeline:
             m.prompt_tokens.inc(call.prompt_tokens)
         if call.completion_tokens:
             m.completion_tokens.inc(call.completion_tokens)
+        price = self._prices.get(call.model)
+        if price is not None and (call.prompt_tokens or call.completion_tokens):
+            call.cost = price.cost(call.prompt_tokens, call.completion_tokens)
+            if call.cost:
+                m.cost.inc(call.cost)
+        if call.admitted_at is not None:
+            m.inference.observe(call.finished_at - call.admitted_at)
+            if call.completion_tokens:
+                m.per_output_token.observe(_per_output_token(call))
+        if call.confidence is not None:
+            m.uncertainty.observe(-call.confidence)
+        if isinstance(error, UpstreamError):
+            self.metrics.upstream_errors.labels(model, error.kind).inc()
+        elif (
+            isinstance(error, DeadlineExceeded)
+            and call.admitted_at is not None  # the upstream had the call, not our queue
+            and self._upstream(call.model)
+        ):
+            self.metrics.upstream_errors.labels(model, "timeout").inc()
+        ttft = None if call.first_chunk_at is None else call.first_chunk_at - call.received_at
+        self.recent.record(
+            model,
+            status=call.status,
+            error_type=call.error_code,
+            latency_s=call.finished_at - call.received_at,
+            ttft_s=ttft,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+            cost=call.cost,
+            confidence=call.confidence,
+        )
+
+    def _upstream(self, alias: str) -> bool:
+        runner = self.engine.runners.get(alias)
+        return runner is not None and runner.upstream is not None
+
+    def usage_cost(self, model: str, usage: dict[str, Any]) -> dict[str, Any]:
+        """``usage.cost`` for a client that asked for it (x-shipway-include-cost)."""
+        price = self._prices.get(model)
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        inp = 0.0 if price is None else prompt * price.input / 1_000_000
+        out = 0.0 if price is None else completion * price.output / 1_000_000
+        return {
+            "currency": self.currency,
+            "input": round(inp, 10),
+            "output": round(out, 10),
+            "total": round(inp + out, 10),
+        }
 
     def _chat_input(self, call: Call, request: ChatRequest) -> ChatRequest:
         """The input-limits stage: control characters, then the max_tokens cap."""
@@ -231,27 +293,40 @@ class Pipeline:
             return call.prompt_tokens + call.completion_tokens
         return call.reserved_tokens if answered else 0
 
-    def _usage(self, call: Call, usage: dict[str, Any] | None) -> None:
+    @staticmethod
+    def _usage(call: Call, answer: dict[str, Any]) -> None:
+        """Token counts (and the backend's confidence, taken off the answer) onto the call."""
+        usage = answer.get("usage")
         if usage:
             call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             call.completion_tokens = int(usage.get("completion_tokens") or 0)
+        if MEAN_LOGPROB in answer:
+            call.confidence = answer.pop(MEAN_LOGPROB)
 
     # -- entry points -----------------------------------------------------------------------
     async def chat(self, call: Call, request: ChatRequest) -> dict[str, Any]:
         with self._accounted(call):
             runner = self._route(call, "chat")
             request = self._chat_input(call, request)
-            admission = await self._admit(
-                call, _chars(request.messages), request.max_tokens, _choices(request)
-            )
+            with _stage(call, "rate_limit"):
+                admission = await self._admit(
+                    call, _chars(request.messages), request.max_tokens, _choices(request)
+                )
             answered = False
             try:
-                guarding = await self._guard_chat(call, request)
-                async with _deadline(call), runner.queue.lease(call.priority) as slot:
-                    call.admitted_at = time.perf_counter()
-                    result = await slot.backend.chat(guarding.request)
+                with _stage(call, "guard"):
+                    guarding = await self._guard_chat(call, request)
+                async with _deadline(call):
+                    queued = time.time_ns()
+                    async with runner.queue.lease(call.priority) as slot:
+                        call.admitted_at = time.perf_counter()
+                        _record(call, "queue", queued)
+                        with _stage(call, f"chat {call.model}", _genai(call, request)) as attrs:
+                            result = await slot.backend.chat(guarding.request)
+                            if attrs is not None:
+                                _genai_result(attrs, result)
                 answered = True
-                self._usage(call, result.get("usage"))
+                self._usage(call, result)
                 result = guarding.restore_result(result)
                 if self.keep_content:
                     call.audit_content = {
@@ -268,19 +343,26 @@ class Pipeline:
             check_control_characters(
                 (f"input[{index}]", text) for index, text in enumerate(request.inputs)
             )
-            admission = await self._admit(call, sum(map(len, request.inputs)), 0)
+            with _stage(call, "rate_limit"):
+                admission = await self._admit(call, sum(map(len, request.inputs)), 0)
             answered = False
             try:
-                guarded = await self.guards.check_embed(
-                    call.model, call.principal, request, log=call.log_fields
-                )
+                with _stage(call, "guard"):
+                    guarded = await self.guards.check_embed(
+                        call.model, call.principal, request, log=call.log_fields
+                    )
                 async with _deadline(call):
-                    if runner.batcher is not None:
-                        result = await runner.batcher.embed(guarded, call.priority, call.deadline)
-                    else:
-                        async with runner.queue.lease(call.priority) as slot:
-                            call.admitted_at = time.perf_counter()
-                            result = await slot.backend.embed(guarded)
+                    with _stage(call, f"embeddings {call.model}", _genai(call)) as attrs:
+                        if runner.batcher is not None:
+                            result = await runner.batcher.embed(
+                                guarded, call.priority, call.deadline
+                            )
+                        else:
+                            async with runner.queue.lease(call.priority) as slot:
+                                call.admitted_at = time.perf_counter()
+                                result = await slot.backend.embed(guarded)
+                        if attrs is not None:
+                            attrs["gen_ai.usage.input_tokens"] = result.prompt_tokens
                 answered = True
                 call.prompt_tokens = result.prompt_tokens
                 if self.keep_content:
@@ -302,18 +384,22 @@ class Pipeline:
         with self._accounted(call):
             runner = self._route(call, "chat")
             request = self._chat_input(call, request)
-            admission = await self._admit(
-                call, _chars(request.messages), request.max_tokens, _choices(request)
-            )
+            with _stage(call, "rate_limit"):
+                admission = await self._admit(
+                    call, _chars(request.messages), request.max_tokens, _choices(request)
+                )
             try:
-                guarding = await self._guard_chat(call, request)
+                with _stage(call, "guard"):
+                    guarding = await self._guard_chat(call, request)
                 async with _deadline(call):
+                    queued = time.time_ns()
                     lease = runner.queue.lease(call.priority)
                     slot = await lease.__aenter__()
             except BaseException:
                 await admission.settle(0)
                 raise
             call.admitted_at = time.perf_counter()
+            _record(call, "queue", queued)
             buffer: asyncio.Queue[Any] = asyncio.Queue(_BUFFERED_CHUNKS)
             if self.keep_content:
                 call.audit_content = {"messages": request.messages, "answer": ""}
@@ -348,6 +434,7 @@ class Pipeline:
         buffer: asyncio.Queue[Any],
     ) -> None:
         chunks = backend.stream(request)
+        started, attrs = time.time_ns(), _genai(call, request)
         try:
             async with _deadline(call):
                 async for chunk in chunks:
@@ -356,18 +443,23 @@ class Pipeline:
                         self.metrics.time_to_first_token.labels(call.model).observe(
                             call.first_chunk_at - call.received_at
                         )
-                    self._usage(call, chunk.get("usage"))
+                    self._usage(call, chunk)
                     chunk = restorer.feed_chunk(chunk)
                     if call.audit_content is not None:
                         _keep_answer(call.audit_content, chunk)
                     await buffer.put(chunk)
+                    if attrs is not None:
+                        _genai_result(attrs, chunk)
             tail = restorer.flush()
             if tail is not None:
                 await buffer.put(tail)
             await buffer.put(_END)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            if attrs is not None:
+                attrs["error.type"] = getattr(exc, "code", None) or type(exc).__name__
             await buffer.put(exc)
         finally:
+            _record(call, f"chat {call.model}", started, attrs)
             await chunks.aclose()
             await release.lease.__aexit__(None, None, None)
             answered = call.first_chunk_at is not None
@@ -380,6 +472,14 @@ class _Release:
 
     lease: Any
     admission: Admission
+
+
+def _per_output_token(call: Call) -> float:
+    """After the first token for a stream; over the whole slot time for a plain call."""
+    assert call.finished_at is not None and call.admitted_at is not None
+    if call.first_chunk_at is not None and call.completion_tokens > 1:
+        return (call.finished_at - call.first_chunk_at) / (call.completion_tokens - 1)
+    return (call.finished_at - call.admitted_at) / call.completion_tokens
 
 
 def _choices(request: ChatRequest) -> int:
@@ -405,6 +505,46 @@ def carries_output(chunk: dict[str, Any]) -> bool:
         if choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls"):
             return True
     return bool(chunk.get("usage"))
+
+
+def _stage(call: Call, name: str, attributes: dict[str, Any] | None = None) -> Any:
+    """A span for a stage when the call's trace is exported; else nothing at all."""
+    trace = call.trace
+    if trace is None or trace.stages is None:
+        return contextlib.nullcontext(None)
+    return trace.stage(name, attributes)
+
+
+def _record(call: Call, name: str, start_ns: int, attributes: dict[str, Any] | None = None) -> None:
+    trace = call.trace
+    if trace is not None and trace.stages is not None:
+        trace.add(name, start_ns, time.time_ns(), attributes or {})
+
+
+def _genai(call: Call, request: ChatRequest | None = None) -> dict[str, Any] | None:
+    """OpenTelemetry GenAI request attributes (only built when the trace is recorded)."""
+    if call.trace is None or call.trace.stages is None:
+        return None
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": "chat" if request is not None else "embeddings",
+        "gen_ai.request.model": call.model,
+    }
+    if request is not None:
+        attrs["gen_ai.request.temperature"] = request.temperature
+        attrs["gen_ai.request.top_p"] = request.top_p
+        if request.max_tokens is not None:
+            attrs["gen_ai.request.max_tokens"] = request.max_tokens
+    return attrs
+
+
+def _genai_result(attrs: dict[str, Any], answer: dict[str, Any]) -> None:
+    usage = answer.get("usage")
+    if usage:
+        attrs["gen_ai.usage.input_tokens"] = int(usage.get("prompt_tokens") or 0)
+        attrs["gen_ai.usage.output_tokens"] = int(usage.get("completion_tokens") or 0)
+    reasons = [c["finish_reason"] for c in answer.get("choices") or () if c.get("finish_reason")]
+    if reasons:
+        attrs["gen_ai.response.finish_reasons"] = reasons
 
 
 class _deadline:

@@ -28,6 +28,7 @@ from shipway.api.http_protocol import ConnectionLimits, protocol_class
 from shipway.api.middleware import RequestMiddleware
 from shipway.api.openai_routes import OpenAIRoutes
 from shipway.config import LlamaCppModel, OpenAIUpstreamModel, ShipwaySettings
+from shipway.dashboard.routes import DashboardRoutes
 from shipway.engine.engine import Engine
 from shipway.errors import ConfigError
 from shipway.pipeline import Pipeline
@@ -36,8 +37,11 @@ from shipway.security.guard_stage import Guards
 from shipway.security.key_service import build_key_service
 from shipway.security.rate_limit import RateLimiter
 from shipway.store import Database, build_counter
+from shipway.telemetry.alerts import AlertEngine
 from shipway.telemetry.logging import AccessLog
 from shipway.telemetry.metrics import Metrics
+from shipway.telemetry.recent import RecentStats
+from shipway.telemetry.tracing import Tracing
 
 __all__ = ["build_app", "preflight", "run"]
 
@@ -55,7 +59,12 @@ def build_app(settings: ShipwaySettings) -> Starlette:
     audit = AuditLog(database, settings, os.environ)
     limiter = RateLimiter(counter, settings.rate_limits)
     guards = Guards(settings)
-    pipeline = Pipeline(engine, metrics, settings, limiter, guards)
+    tracing = Tracing(settings.telemetry.tracing, os.environ)
+    recent = RecentStats(settings.telemetry.history_s)
+    recent.add_gauges(engine.gauges)
+    metrics.watch_engine(engine.gauges, engine.worker_pids)
+    pipeline = Pipeline(engine, metrics, settings, limiter, guards, recent)
+    alerts = AlertEngine(settings.alerts, recent, os.environ, registry=metrics.registry)
     access = RouteAccess(keys, public_metrics=settings.auth.public_metrics)
 
     @asynccontextmanager
@@ -64,6 +73,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         await counter.start()
         await audit.start()
         await guards.start()
+        await tracing.start()
         if not await keys.keys_exist():
             log.warning(
                 "NO API KEYS: every model is open to anyone who can reach this address; "
@@ -80,14 +90,19 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 50, 1000)
+        ticker = asyncio.create_task(_tick_every_second(recent), name="recent-stats-ticker")
+        await alerts.start()
         scheme = "https" if settings.server.ssl_certfile else "http"
         log.info("serving", host=settings.server.host, port=settings.server.port, scheme=scheme)
         try:
             yield
         finally:
             log.info("shutting down: stopping workers")
+            ticker.cancel()
+            await alerts.stop()
             await engine.stop()
             await audit.stop()
+            await tracing.stop()
             await counter.close()
             await database.stop()
 
@@ -102,6 +117,11 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         *HealthRoutes(engine, metrics, access).routes(),
         *AdminRoutes(keys, access, audit).routes(),
     ]
+    if settings.dashboard.enabled:
+        dashboard = DashboardRoutes(
+            recent, engine, access, currency=settings.telemetry.currency, alerts=alerts
+        )
+        routes += dashboard.routes()
     middleware = [
         Middleware(
             RequestMiddleware,
@@ -111,6 +131,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
             max_body_bytes=settings.server.max_body_bytes,
             metrics=metrics,
             audit=audit,
+            tracing=tracing,
             paths=frozenset(route.path for route in routes if "{" not in route.path),
         ),
     ]
@@ -126,7 +147,16 @@ def build_app(settings: ShipwaySettings) -> Starlette:
     app.state.keys = keys
     app.state.pipeline = pipeline
     app.state.metrics = metrics
+    app.state.recent = recent
+    app.state.alerts = alerts
     return app
+
+
+async def _tick_every_second(recent: RecentStats) -> None:
+    """Gauges (queue depth, busy slots) are sampled each second even with no traffic."""
+    while True:
+        recent.tick()
+        await asyncio.sleep(1.0)
 
 
 def run(settings: ShipwaySettings) -> None:

@@ -6,8 +6,8 @@ Canaries: the upstream API key (the variable named by ``api_key_env``), the key-
 by the admin API, a rotated key, and bogus keys sent by clients. Searched: every response body
 and header, ``/metrics``, the server's log (access log included), the data directory (the
 SQLite database, which keeps only keyed hashes), the CLI's key listing, and what the upstream
-received (its own key, never the client's). Shipway has no tracing yet, so there are no
-traces to search; when it does, they belong in this list.
+received (its own key, never the client's), and every span exported to an OTLP receiver
+started by the test.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.support.keys import MadeKey, bearer, create_key, shipway_cli
+from tests.support.otlp_receiver import OtlpReceiver, otlp_receiver
 from tests.support.servers import Server, shipway_server
 
 from shipway.security.key_format import generate_key
@@ -37,6 +38,7 @@ ENV = {
     "CANARY_UPSTREAM_KEY": UPSTREAM_KEY,
     "SHIPWAY_KEY_PEPPER": PEPPER,
     "SHIPWAY_AUDIT_KEY": AUDIT_KEY,
+    "OTEL_BSP_SCHEDULE_DELAY": "100",  # export spans every 0.1 s, not 5 s
 }
 
 
@@ -77,7 +79,12 @@ def echoing_upstream() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def gateway(upstream: Server, echoing_upstream: str) -> Iterator[Server]:
+def traces() -> Iterator[OtlpReceiver]:
+    yield from otlp_receiver()
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: Server, echoing_upstream: str, traces: OtlpReceiver) -> Iterator[Server]:
     def up(name: str) -> dict[str, Any]:
         return {
             "backend": "openai",
@@ -98,7 +105,12 @@ def gateway(upstream: Server, echoing_upstream: str) -> Iterator[Server]:
             "api_key_env": "CANARY_UPSTREAM_KEY",
         },
     }
-    srv = shipway_server({"embedded_models": False, "models": models}, env=ENV)
+    config = {
+        "embedded_models": False,
+        "models": models,
+        "telemetry": {"tracing": {"otlp_endpoint": traces.endpoint}},
+    }
+    srv = shipway_server(config, env=ENV)
     yield srv
     srv.stop()
 
@@ -197,7 +209,9 @@ def _drive(traffic: Traffic, admin: MadeKey, user: MadeKey) -> dict[str, str]:
     return {"limited": limited, "rotated": new["key"], "rpm-1": one_rpm}
 
 
-def test_canaries_never_leave_the_server(gateway: Server, upstream: Server) -> None:
+def test_canaries_never_leave_the_server(
+    gateway: Server, upstream: Server, traces: OtlpReceiver
+) -> None:
     admin = create_key(gateway, "root", "--admin", env=ENV)
     user = create_key(gateway, "user", env=ENV)
     with httpx.Client(timeout=30) as http:
@@ -238,6 +252,11 @@ def test_canaries_never_leave_the_server(gateway: Server, upstream: Server) -> N
     found += leaks(metrics.text, "/metrics")
     found += leaks(gateway.log.read_text(errors="replace"), "the server log")
     found += leaks(listing.stdout + listing.stderr, "`shipway keys list`")
+    with traces.lock:
+        exported = b"".join(traces.raw)
+        span_count = len(traces.spans)
+    assert span_count > 20, "the traces were searched"
+    found += leaks(exported.decode("latin-1"), "the exported spans")
     assert gateway.data_dir is not None
     for path in sorted(gateway.data_dir.rglob("*")):
         if path.is_file():

@@ -9,10 +9,11 @@ route (it goes on the ``Call``) and for the access and audit logs.
     METRICS   /metrics                            admin key, or none if auth.public_metrics
     USER      /v1/*                               any valid key
     ADMIN     /admin/*                            an admin key
+    OPERATOR  /dashboard/api/*                    an admin key once any key exists
 
-With no key made yet and the server allowed to be open (loopback, or ``--insecure``), USER
-and METRICS routes serve the anonymous principal and ADMIN routes are refused: the first key
-is made with ``shipway keys create``.
+With no key made yet and the server allowed to be open (loopback, or ``--insecure``), USER,
+METRICS and OPERATOR routes serve the anonymous principal and ADMIN routes are refused: the
+first key is made with ``shipway keys create``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class Access(Enum):
     METRICS = "metrics"
     USER = "user"
     ADMIN = "admin"
+    # Reads operators need (the dashboard's data) and that an open server shows to anyone,
+    # as it does /metrics: unlike ADMIN, nothing here changes state.
+    OPERATOR = "operator"
 
 
 class RouteAccess:
@@ -49,7 +53,13 @@ class RouteAccess:
             return endpoint
 
         async def protected(request: Request) -> Response:
-            request.scope["state"]["principal"] = await self.principal(request, access)
+            state = request.scope["state"]
+            trace = state.get("trace")
+            if trace is None or not trace.recording:
+                state["principal"] = await self.principal(request, access)
+            else:
+                with trace.stage("auth", {"shipway.access": access.value}):
+                    state["principal"] = await self.principal(request, access)
             return await endpoint(request)
 
         protected.__name__ = getattr(endpoint, "__name__", "endpoint")

@@ -24,12 +24,14 @@ from shipway.errors import PayloadTooLarge, ShipwayError
 from shipway.security.audit import AuditLog
 from shipway.telemetry.logging import AccessLog
 from shipway.telemetry.metrics import Metrics
+from shipway.telemetry.tracing import Tracing
 
 __all__ = ["RequestMiddleware"]
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # the audit log's column width
 # Probes and scrapes, many a minute from machines: not requests anyone needs to account for.
-_UNAUDITED = frozenset({"/healthz", "/readyz", "/metrics"})
+# Read-only polls (probes, scrapes, an open dashboard every 2 s) would bury the audit log.
+_UNAUDITED = frozenset({"/healthz", "/readyz", "/metrics", "/dashboard/api/summary"})
 
 
 class RequestMiddleware:
@@ -42,9 +44,11 @@ class RequestMiddleware:
         metrics: Metrics,
         paths: frozenset[str],
         audit: AuditLog,
+        tracing: Tracing,
     ) -> None:
         self.app = app
         self.audit = audit
+        self.tracing = tracing
         self.access_log = access_log
         self.max_body_bytes = max_body_bytes
         self.log = structlog.get_logger("shipway.access")
@@ -56,14 +60,22 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = declared = None
+        incoming = declared = traceparent = None
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 incoming = value.decode("latin-1")
             elif key == b"content-length":
                 declared = value
+            elif key == b"traceparent":
+                traceparent = value
         request_id = incoming if incoming and _CLIENT_ID.match(incoming) else os.urandom(16).hex()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        trace = self.tracing.begin(traceparent, scope["method"], scope["path"])
+        state["trace"] = trace
+        extra = [(b"x-request-id", request_id.encode())]
+        if trace is not None:
+            extra.append((b"traceparent", trace.traceparent().encode()))
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -73,13 +85,7 @@ class RequestMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message = {
-                    **message,
-                    "headers": [
-                        *message.get("headers", ()),
-                        (b"x-request-id", request_id.encode()),
-                    ],
-                }
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
         try:
@@ -101,16 +107,22 @@ class RequestMiddleware:
                 )
                 await error_response(internal)(scope, receive, send_with_id)
         finally:
-            self._count(scope["path"], status)
+            self._count(scope, status)
+            if trace is not None and trace.recording:
+                self.tracing.end(trace, status, _span_attributes(scope, request_id))
             if self.access_log is not None:
                 self._log_access(self.access_log, scope, request_id, status, started)
             if self.audit.enabled and scope["path"] not in _UNAUDITED:
                 self._audit(scope, request_id, status)
 
-    def _count(self, path: str, status: int) -> None:
-        # Label values stay bounded: a path no route serves is "(unmatched)".
-        if path not in self._paths:
-            path = "/v1/models/{model}" if path.startswith("/v1/models/") else "(unmatched)"
+    def _count(self, scope: Scope, status: int) -> None:
+        # Label values stay bounded: the route's template (`/admin/keys/{key_id}/revoke`),
+        # the path of a request refused before routing (413) if a route serves it, else
+        # "(unmatched)".
+        route = scope.get("route")
+        path = getattr(route, "path", None) or scope["path"]
+        if route is None and path not in self._paths:
+            path = "(unmatched)"
         counter = self._counters.get((path, status))
         if counter is None:
             counter = self._counters[(path, status)] = self._responses.labels(path, str(status))
@@ -147,6 +159,9 @@ class RequestMiddleware:
             "status": status,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2),
         }
+        trace = scope["state"].get("trace")
+        if trace is not None:
+            fields["trace_id"] = trace.trace_id
         principal = scope["state"].get("principal")
         if principal is not None:
             fields["principal"] = principal.label
@@ -160,6 +175,8 @@ class RequestMiddleware:
                 completion_tokens=call.completion_tokens,
                 call_status=call.status,
                 error_code=call.error_code,
+                cost=round(call.cost, 10),
+                confidence=call.confidence,
             )
             fields.update(call.timings_ms())
             if call.log_fields:
@@ -189,3 +206,30 @@ class RequestMiddleware:
             data=data,
             content=content,
         )
+
+
+def _span_attributes(scope: Scope, request_id: str) -> dict[str, Any]:
+    """The request span's attributes: who, which model, what it used and cost. No content."""
+    state = scope["state"]
+    attrs: dict[str, Any] = {
+        "shipway.request_id": request_id,
+        "http.request.method": scope["method"],
+        "url.path": scope["path"],
+    }
+    route = scope.get("route")
+    if route is not None:
+        attrs["http.route"] = route.path
+    principal = state.get("principal")
+    if principal is not None:
+        attrs["shipway.principal"] = principal.label
+    call = state.get("call")
+    if call is not None:
+        attrs["gen_ai.request.model"] = call.model
+        attrs["gen_ai.usage.input_tokens"] = call.prompt_tokens
+        attrs["gen_ai.usage.output_tokens"] = call.completion_tokens
+        attrs["shipway.cost"] = call.cost
+        if call.error_code:
+            attrs["error.type"] = call.error_code
+        if call.confidence is not None:
+            attrs["shipway.confidence"] = call.confidence
+    return attrs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -113,13 +113,16 @@ class OpenAIRoutes:
             "created": int(time.time()),
             "model": body.model,
         }
+        with_cost = _wants_cost(request)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await self._stream(request, call, chat, stamp, include_usage)
+            return await self._stream(request, call, chat, stamp, include_usage, with_cost)
         try:
             result = await unless_disconnected(request, self.pipeline.chat(call, chat))
         except ClientGone:
             return Response(status_code=_CLIENT_CLOSED)
+        if with_cost and isinstance(result.get("usage"), dict):
+            result["usage"]["cost"] = self.pipeline.usage_cost(call.model, result["usage"])
         result.update(stamp)
         result["object"] = "chat.completion"
         return _json(result, headers=call.response_headers)
@@ -131,6 +134,7 @@ class OpenAIRoutes:
         chat: ChatRequest,
         stamp: dict[str, Any],
         include_usage: bool,
+        with_cost: bool,
     ) -> Response:
         chunks = self.pipeline.stream(call, chat)
         try:
@@ -142,7 +146,13 @@ class OpenAIRoutes:
             await chunks.aclose()
             raise
         return _ClosingStream(
-            _sse(held, chunks, stamp, include_usage),
+            _sse(
+                held,
+                chunks,
+                stamp,
+                include_usage,
+                self.pipeline.usage_cost if with_cost else None,
+            ),
             closes=chunks,
             media_type="text/event-stream",
             headers={
@@ -163,6 +173,12 @@ class OpenAIRoutes:
             result = await unless_disconnected(request, self.pipeline.embed(call, embed))
         except ClientGone:
             return Response(status_code=_CLIENT_CLOSED)
+        usage: dict[str, Any] = {
+            "prompt_tokens": result.prompt_tokens,
+            "total_tokens": result.prompt_tokens,
+        }
+        if _wants_cost(request):
+            usage["cost"] = self.pipeline.usage_cost(call.model, usage)
         vectors = result.vectors
         if body.encoding_format == "base64":
             rows: list[Any] = [
@@ -179,10 +195,7 @@ class OpenAIRoutes:
                     for i, row in enumerate(rows)
                 ],
                 "model": body.model,
-                "usage": {
-                    "prompt_tokens": result.prompt_tokens,
-                    "total_tokens": result.prompt_tokens,
-                },
+                "usage": usage,
             },
             headers=call.response_headers,
         )
@@ -232,9 +245,18 @@ class OpenAIRoutes:
             requested_timeout_s=timeout,
             timeout_param=timeout_param,
             principal=_principal(request),
+            trace=request.scope["state"].get("trace"),
         )
         request.scope["state"]["call"] = call
         return call
+
+
+def _wants_cost(request: Request) -> bool:
+    """``x-shipway-include-cost: true`` adds ``usage.cost`` (an extension OpenAI lacks)."""
+    for key, value in request.scope["headers"]:
+        if key == b"x-shipway-include-cost":
+            return value.strip().lower() in (b"1", b"true", b"yes")
+    return False
 
 
 def _principal(request: Request) -> Principal:
@@ -284,6 +306,7 @@ async def _sse(
     chunks: AsyncGenerator[dict[str, Any], None],
     stamp: dict[str, Any],
     include_usage: bool,
+    usage_cost: Callable[[str, dict[str, Any]], dict[str, Any]] | None,
 ) -> AsyncGenerator[bytes, None]:
     async def all_chunks() -> AsyncGenerator[dict[str, Any], None]:
         for chunk in held:
@@ -296,6 +319,8 @@ async def _sse(
             is_usage_chunk = not chunk.get("choices") and chunk.get("usage") is not None
             if is_usage_chunk and not include_usage:
                 continue
+            if is_usage_chunk and usage_cost is not None:
+                chunk["usage"]["cost"] = usage_cost(stamp["model"], chunk["usage"])
             chunk.update(stamp)
             chunk["object"] = "chat.completion.chunk"
             if not include_usage or chunk.get("usage") is None:

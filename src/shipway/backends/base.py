@@ -14,11 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "MEAN_LOGPROB",
     "Backend",
     "ChatRequest",
     "EmbedRequest",
     "EmbedResult",
 ]
+
+
+# A key a backend may add to a chat answer (or a stream's usage chunk): the mean token
+# log-probability of the answer. The pipeline takes it off before the client sees it.
+MEAN_LOGPROB = "_shipway_mean_logprob"
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,7 @@ class OpenAIHTTPBackend:
                 f"cannot reach the upstream of model {self.alias!r} at "
                 f"{self.settings.base_url}: {exc!r}",
                 status=502,
+                kind="unreachable",
             ) from exc
         if response.status >= 400:
             await self._raise_for(response)
@@ -113,7 +114,7 @@ class OpenAIHTTPBackend:
             return b"".join(parts)
         except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as exc:
             raise UpstreamError(
-                f"upstream of model {self.alias!r} broke off its answer: {exc!r}"
+                f"upstream of model {self.alias!r} broke off its answer: {exc!r}", kind="broken"
             ) from exc
 
     async def _read_answer(self, response: aiohttp.ClientResponse) -> bytes:
@@ -128,7 +129,8 @@ class OpenAIHTTPBackend:
             response.close()  # the rest is never read: this connection is not reused
             raise UpstreamError(
                 f"upstream of model {self.alias!r} sent an answer larger than "
-                f"{limit} bytes (models.{self.alias}.max_answer_bytes)"
+                f"{limit} bytes (models.{self.alias}.max_answer_bytes)",
+                kind="too_large",
             )
         return raw
 
@@ -169,6 +171,7 @@ class OpenAIHTTPBackend:
                 code=code or "upstream_rejected",
                 retry_after=retry_after,
                 error_type="invalid_request_error" if status != 429 else "rate_limit_error",
+                kind="rejected" if status != 429 else "rate_limited",
             )
         if status in (401, 403):
             raise UpstreamError(
@@ -176,11 +179,13 @@ class OpenAIHTTPBackend:
                 f"check the key in ${self.settings.api_key_env or '(api_key_env not set)'}",
                 status=502,
                 code="upstream_auth_failed",
+                kind="auth_failed",
             )
         raise UpstreamError(
             f"upstream of model {self.alias!r} failed with {status}: {message}",
             status=502,
             retry_after=retry_after,
+            kind="server_error",
         )
 
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
@@ -215,7 +220,8 @@ class OpenAIHTTPBackend:
                     detail = error.get("message") if isinstance(error, dict) else error
                     raise UpstreamError(
                         f"upstream of model {self.alias!r} failed mid-stream: "
-                        f"{self._scrubbed(str(detail))}"
+                        f"{self._scrubbed(str(detail))}",
+                        kind="error_event",
                     )
                 finished = finished or any(
                     c.get("finish_reason") for c in chunk.get("choices") or ()
@@ -223,11 +229,12 @@ class OpenAIHTTPBackend:
                 yield chunk
             if not finished:
                 raise UpstreamError(
-                    f"upstream of model {self.alias!r} ended the stream before finishing"
+                    f"upstream of model {self.alias!r} ended the stream before finishing",
+                    kind="broken",
                 )
         except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as exc:
             raise UpstreamError(
-                f"upstream of model {self.alias!r} broke off the stream: {exc!r}"
+                f"upstream of model {self.alias!r} broke off the stream: {exc!r}", kind="broken"
             ) from exc
         finally:
             response.release()

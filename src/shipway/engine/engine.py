@@ -172,6 +172,15 @@ class ModelRunner:
         if self.upstream is not None:
             await self.upstream.close()
 
+    def load(self) -> tuple[int, int, int]:
+        """(requests waiting, slots busy, slots in all): workers or upstream places."""
+        if self.workers:
+            busy = sum(1 for worker in self.workers if worker.state == "busy")
+            return self.waiting, busy, len(self.workers)
+        assert isinstance(self.settings, OpenAIUpstreamModel)
+        total = self.settings.max_concurrency
+        return self.waiting, total - self.queue.idle, total
+
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "ready": self.ready,
@@ -224,3 +233,24 @@ class Engine:
 
     def status(self) -> dict[str, Any]:
         return {alias: runner.status() for alias, runner in self.runners.items()}
+
+    def worker_pids(self) -> dict[str, list[int | None]]:
+        """Each model's worker process ids by worker index (None: not running)."""
+        return {
+            alias: [w.pid for w in runner.workers]
+            for alias, runner in self.runners.items()
+            if runner.workers
+        }
+
+    def gauges(self) -> dict[str, float]:
+        """``<alias>.ready`` (1 or 0), ``.waiting``, ``.max_waiting``, ``.busy`` and ``.slots``
+        for every model."""
+        out: dict[str, float] = {}
+        for alias, runner in self.runners.items():
+            waiting, busy, total = runner.load()
+            out[f"{alias}.ready"] = 1.0 if runner.ready else 0.0
+            out[f"{alias}.waiting"] = waiting
+            out[f"{alias}.max_waiting"] = runner.queue_settings.max_waiting
+            out[f"{alias}.busy"] = busy
+            out[f"{alias}.slots"] = total
+        return out

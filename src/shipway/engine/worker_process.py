@@ -28,7 +28,13 @@ import numpy as np
 import orjson
 import structlog
 
-from shipway.backends.base import Backend, ChatRequest, EmbedRequest, EmbedResult
+from shipway.backends.base import (
+    MEAN_LOGPROB,
+    Backend,
+    ChatRequest,
+    EmbedRequest,
+    EmbedResult,
+)
 from shipway.backends.local_chat import chat_chunk, validate_local_chat
 from shipway.config import WorkerSettings
 from shipway.errors import (
@@ -74,6 +80,9 @@ class WorkerProcess:
         self._on_idle = on_idle
         self._on_gone = on_gone
         self._metrics = metrics
+        # The series exists from the start at 0, so `shipway_workers_up == 0` can fire for a
+        # model whose workers never load.
+        metrics.workers_up.labels(model)
         self._log = structlog.get_logger("shipway.worker").bind(model=model, worker=index)
         self.state: State = "starting"
         self.pid: int | None = None
@@ -322,6 +331,7 @@ class WorkerProcess:
         wire = {**request.to_wire(), "messages": validate_local_chat(request)}
         yield chat_chunk({"role": "assistant", "content": ""})
         usage: dict[str, int] | None = None
+        mean_logprob: float | None = None
         async with contextlib.aclosing(self._exchange("chat", wire)) as replies:
             async for message in replies:
                 if message["type"] == "delta":
@@ -332,9 +342,15 @@ class WorkerProcess:
                     )
                 else:
                     usage = _usage(message["prompt_tokens"], message["completion_tokens"])
+                    mean_logprob = message.get("mean_logprob")
                     yield chat_chunk({}, finish_reason=message["finish_reason"])
         if usage is not None:
-            yield {"object": "chat.completion.chunk", "choices": [], "usage": usage}
+            yield {
+                "object": "chat.completion.chunk",
+                "choices": [],
+                "usage": usage,
+                MEAN_LOGPROB: mean_logprob,
+            }
 
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         wire = {**request.to_wire(), "messages": validate_local_chat(request)}
@@ -366,6 +382,7 @@ class WorkerProcess:
                 }
             ],
             "usage": _usage(done["prompt_tokens"], done["completion_tokens"]),
+            MEAN_LOGPROB: done.get("mean_logprob"),
         }
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:

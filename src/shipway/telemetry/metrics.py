@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["CallMetrics", "Metrics"]
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Up to queue.max_timeout_s's default (600 s): a long call still lands in a bucket.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_PER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1)
+# Minus the mean log-probability of an answer's tokens: 0 is certain, above 3 mostly guessing.
+# Recorded positive so the histogram's _sum only grows (rate() reads a fall as a reset).
+_UNCERTAINTY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5)
 
 
 class Metrics:
@@ -23,7 +39,8 @@ class Metrics:
         )
         self.latency = Histogram(
             "shipway_request_duration_seconds",
-            "Model call duration, admission to last byte.",
+            "Model call duration, from the call's start in the pipeline (after parsing and "
+            "authentication) to its last byte.",
             ["model", "endpoint"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
@@ -39,6 +56,13 @@ class Metrics:
             "shipway_tokens_total",
             "Tokens processed.",
             ["model", "kind"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "shipway_cost",
+            "What calls cost at their model's price (models.<alias>.price), in the currency "
+            "of telemetry.currency.",
+            ["model"],
             registry=r,
         )
         self.queue_depth = Gauge(
@@ -84,6 +108,38 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.time_per_output_token = Histogram(
+            "shipway_time_per_output_token_seconds",
+            "Generation time per output token after the first (streams), or per token of the "
+            "whole call (plain requests).",
+            ["model"],
+            buckets=_PER_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "shipway_inference_duration_seconds",
+            "Time a call held its slot (a worker or an upstream place): the model's own time, "
+            "without the queue wait.",
+            ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.uncertainty = Histogram(
+            "shipway_answer_negative_mean_logprob",
+            "Local chat answers' confidence: minus the mean log-probability of their tokens "
+            "(0 = certain; higher = less sure).",
+            ["model"],
+            buckets=_UNCERTAINTY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "shipway_upstream_errors_total",
+            "Upstream calls that failed, by kind (unreachable, broken, rejected, rate_limited, "
+            "auth_failed, server_error, too_large, error_event, bad_answer, timeout).",
+            ["model", "kind"],
+            registry=r,
+        )
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes
         self._per_call: dict[tuple[str, str], CallMetrics] = {}
         self.workers_up = Gauge(
             "shipway_workers_up",
@@ -100,8 +156,79 @@ class Metrics:
             found = self._per_call[key] = CallMetrics(self, model, endpoint)
         return found
 
+    def watch_engine(
+        self,
+        gauges: Callable[[], Mapping[str, float]],
+        worker_pids: Callable[[], Mapping[str, list[int | None]]],
+    ) -> None:
+        """Read slot and worker state at scrape time (no per-request cost)."""
+        self.registry.register(_EngineCollector(gauges, worker_pids))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EngineCollector(Collector):
+    """Models' readiness, slots busy and in all, and their worker processes' CPU and memory."""
+
+    def __init__(
+        self,
+        gauges: Callable[[], Mapping[str, float]],
+        worker_pids: Callable[[], Mapping[str, list[int | None]]],
+    ) -> None:
+        self._gauges = gauges
+        self._worker_pids = worker_pids
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            "ready": GaugeMetricFamily(
+                "shipway_model_ready", "1 when the model can serve requests.", labels=["model"]
+            ),
+            "busy": GaugeMetricFamily(
+                "shipway_slots_busy",
+                "Slots (workers, upstream places) serving a request now.",
+                labels=["model"],
+            ),
+            "slots": GaugeMetricFamily(
+                "shipway_slots", "Slots (workers, upstream places) in all.", labels=["model"]
+            ),
+        }
+        for name, value in self._gauges().items():
+            model, _, kind = name.rpartition(".")
+            family = families.get(kind)
+            if family is not None:
+                family.add_metric([model], value)
+        yield from families.values()
+        memory = GaugeMetricFamily(
+            "shipway_worker_resident_memory_bytes",
+            "Resident memory of a worker process (worker = its index in the model's pool).",
+            labels=["model", "worker"],
+        )
+        cpu = CounterMetricFamily(
+            "shipway_worker_cpu_seconds",
+            "CPU time of a worker process (a restarted worker starts again from 0, which "
+            "rate() reads as a counter reset).",
+            labels=["model", "worker"],
+        )
+        for model, pids in self._worker_pids().items():
+            for index, pid in enumerate(pids):
+                sample = None if pid is None else self._read(pid)
+                if sample is not None:
+                    memory.add_metric([model, str(index)], sample[0])
+                    cpu.add_metric([model, str(index)], sample[1])
+        yield memory
+        yield cpu
+
+    def _read(self, pid: int) -> tuple[float, float] | None:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat_file:
+                fields = stat_file.read().rpartition(b")")[2].split()
+        except OSError:
+            return None  # gone, or not Linux
+        # After the command name: state is fields[0], utime 11, stime 12, rss 21 (pages).
+        return int(fields[21]) * self._page, (int(fields[11]) + int(fields[12])) / self._ticks
 
 
 class CallMetrics:
@@ -112,6 +239,10 @@ class CallMetrics:
         self.latency = metrics.latency.labels(model, endpoint)
         self.prompt_tokens = metrics.tokens.labels(model, "prompt")
         self.completion_tokens = metrics.tokens.labels(model, "completion")
+        self.cost = metrics.cost.labels(model)
+        self.inference = metrics.inference.labels(model, endpoint)
+        self.per_output_token = metrics.time_per_output_token.labels(model)
+        self.uncertainty = metrics.uncertainty.labels(model)
 
     def finished(self, status: int) -> None:
         counter = self._by_status.get(status)
