@@ -10,12 +10,12 @@ decision is made when the request arrives (a client's sampled flag is followed, 
 ``sample_ratio`` of new traces), and a sampled request *records* its stages as (name, start,
 end, attributes) tuples while it runs: no span objects, no context switching across the
 stream's tasks. When the request ends, its server span and one span per stage are built as
-finished ``ReadableSpan``s and handed to the SDK's batch processor, which exports them from
-its own thread. Building them directly, rather than through ``Tracer.start_span``, costs a
-tenth as much (the SDK's live spans lock, copy and validate every attribute; measured about
-70 µs a span here): see docs/performance.md. Span names and attributes follow OpenTelemetry's
-HTTP and GenAI semantic conventions (``gen_ai.request.model``, ``gen_ai.usage.input_tokens``
-…). Prompts, answers, headers and keys never go into a span.
+finished ``ReadableSpan``s into a bounded queue, exported once a batch interval from
+a thread. Building them directly, rather than through ``Tracer.start_span`` and the SDK's
+``BatchSpanProcessor``, costs a tenth as much (its live spans lock, copy and validate every
+attribute): ``benchmarks/tracing_cost.py``, docs/performance.md. Span names and attributes
+follow OpenTelemetry's HTTP and GenAI semantic conventions (``gen_ai.request.model``,
+``gen_ai.usage.input_tokens`` …). Prompts, answers, headers and keys never go into a span.
 """
 
 from __future__ import annotations
