@@ -713,6 +713,12 @@ class OpenAIUpstreamModel(_ChatModel):
         description="Idle pooled connections close after this; keep it below the upstream's "
         "own keep-alive (uvicorn-based servers such as vLLM: 5 s).",
     )
+    responses_api: bool = Field(
+        False,
+        description="The upstream serves `/v1/responses` itself (OpenAI, recent vLLM): "
+        "`POST /v1/responses` is forwarded to it as sent (model renamed, the guards and limits "
+        "applied) and its events relayed. Off: served through its chat completions.",
+    )
 
     @field_validator("base_url")
     @classmethod

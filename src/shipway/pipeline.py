@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,12 +51,31 @@ from shipway.telemetry.metrics import Metrics
 from shipway.telemetry.recent import RecentStats
 from shipway.telemetry.tracing import RequestTrace
 
-__all__ = ["Call", "Pipeline", "carries_output"]
+__all__ = ["Call", "Dispatch", "Pipeline", "StreamDispatch", "carries_output"]
 
 # Chunks a stream may run ahead of its client. A local model's whole answer fits (n_ctx
 # tokens), so its worker is never held by a slow reader; an upstream past this waits.
 _BUFFERED_CHUNKS = 8192
 _END = object()
+
+# How a call reaches its backend when not as a chat completion (``/v1/responses`` forwarded to
+# an upstream as sent): given the slot's backend and the guard's decision (the request to
+# send, placeholders to restore), the answer or its events. Their usage may be spelled the
+# Responses way (input_tokens / output_tokens, in the final event's response).
+Dispatch = Callable[[Backend, ChatGuarding], Awaitable[dict[str, Any]]]
+StreamDispatch = Callable[[Backend, ChatGuarding], AsyncGenerator[dict[str, Any], None]]
+# Responses stream events that carry output, for the stream's hold and its first-token time.
+_RESPONSES_OUTPUT = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.output_item.done",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -297,14 +316,21 @@ class Pipeline:
     def _usage(call: Call, answer: dict[str, Any]) -> None:
         """Token counts (and the backend's confidence, taken off the answer) onto the call."""
         usage = answer.get("usage")
+        if usage is None and isinstance(answer.get("response"), dict):
+            usage = answer["response"].get("usage")  # a Responses stream's final event
         if usage:
-            call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            call.completion_tokens = int(usage.get("completion_tokens") or 0)
+            call.prompt_tokens = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+            call.completion_tokens = int(
+                usage.get("completion_tokens") or usage.get("output_tokens") or 0
+            )
         if MEAN_LOGPROB in answer:
             call.confidence = answer.pop(MEAN_LOGPROB)
 
     # -- entry points -----------------------------------------------------------------------
-    async def chat(self, call: Call, request: ChatRequest) -> dict[str, Any]:
+    async def chat(
+        self, call: Call, request: ChatRequest, dispatch: Dispatch | None = None
+    ) -> dict[str, Any]:
+        """The answer; ``dispatch``: how to reach the backend when not as a chat completion."""
         with self._accounted(call):
             runner = self._route(call, "chat")
             request = self._chat_input(call, request)
@@ -322,7 +348,10 @@ class Pipeline:
                         call.admitted_at = time.perf_counter()
                         _record(call, "queue", queued)
                         with _stage(call, f"chat {call.model}", _genai(call, request)) as attrs:
-                            result = await slot.backend.chat(guarding.request)
+                            if dispatch is None:
+                                result = await slot.backend.chat(guarding.request)
+                            else:
+                                result = await dispatch(slot.backend, guarding)
                             if attrs is not None:
                                 _genai_result(attrs, result)
                 answered = True
@@ -331,7 +360,10 @@ class Pipeline:
                 if self.keep_content:
                     call.audit_content = {
                         "messages": request.messages,
-                        "choices": [c.get("message") for c in result.get("choices") or ()],
+                        # a chat choice's message, or a text completion's text (upstream)
+                        "choices": [
+                            c.get("message", c.get("text")) for c in result.get("choices") or ()
+                        ],
                     }
                 return result
             finally:
@@ -372,7 +404,7 @@ class Pipeline:
                 await admission.settle(self._used_tokens(call, answered))
 
     async def stream(
-        self, call: Call, request: ChatRequest
+        self, call: Call, request: ChatRequest, dispatch: StreamDispatch | None = None
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield chunks. Errors before the first chunk propagate before any byte is sent.
 
@@ -406,7 +438,9 @@ class Pipeline:
             pump = asyncio.create_task(
                 self._pump(
                     call,
-                    slot.backend,
+                    slot.backend.stream(guarding.request)
+                    if dispatch is None
+                    else dispatch(slot.backend, guarding),
                     guarding.request,
                     _Release(lease, admission),
                     guarding.stream_restorer(),
@@ -427,13 +461,12 @@ class Pipeline:
     async def _pump(
         self,
         call: Call,
-        backend: Backend,
+        chunks: AsyncGenerator[dict[str, Any], None],
         request: ChatRequest,
         release: _Release,
         restorer: ChatStreamRestorer,
         buffer: asyncio.Queue[Any],
     ) -> None:
-        chunks = backend.stream(request)
         started, attrs = time.time_ns(), _genai(call, request)
         try:
             async with _deadline(call):
@@ -492,17 +525,26 @@ def _chars(messages: list[dict[str, Any]]) -> int:
 
 
 def _keep_answer(content: dict[str, Any], chunk: dict[str, Any]) -> None:
+    if chunk.get("type") == "response.output_text.delta":  # a Responses event
+        content["answer"] += str(chunk.get("delta") or "")
     for choice in chunk.get("choices") or ():
-        text = (choice.get("delta") or {}).get("content")
+        text = (choice.get("delta") or {}).get("content") or choice.get("text")
         if text:
             content["answer"] += text
 
 
 def carries_output(chunk: dict[str, Any]) -> bool:
-    """A stream chunk with generated content, a finish reason or usage (not just a role)."""
+    """A stream chunk with generated content, a finish reason or usage (not just a role).
+
+    Chat chunks carry content in a delta; an upstream's text completion chunks in ``text``.
+    """
+    if chunk.get("type") in _RESPONSES_OUTPUT:  # a Responses event (forwarded as sent)
+        return True
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") or {}
         if choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls"):
+            return True
+        if choice.get("text"):
             return True
     return bool(chunk.get("usage"))
 
@@ -525,8 +567,9 @@ def _genai(call: Call, request: ChatRequest | None = None) -> dict[str, Any] | N
     """OpenTelemetry GenAI request attributes (only built when the trace is recorded)."""
     if call.trace is None or call.trace.stages is None:
         return None
+    operation = "embeddings" if request is None else _operation(request)
     attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "chat" if request is not None else "embeddings",
+        "gen_ai.operation.name": operation,
         "gen_ai.request.model": call.model,
     }
     if request is not None:
@@ -535,6 +578,10 @@ def _genai(call: Call, request: ChatRequest | None = None) -> dict[str, Any] | N
         if request.max_tokens is not None:
             attrs["gen_ai.request.max_tokens"] = request.max_tokens
     return attrs
+
+
+def _operation(request: ChatRequest) -> str:
+    return "chat" if request.prompt is None else "text_completion"
 
 
 def _genai_result(attrs: dict[str, Any], answer: dict[str, Any]) -> None:

@@ -22,11 +22,13 @@ from starlette.middleware import Middleware
 
 from shipway.api.access import RouteAccess
 from shipway.api.admin_routes import AdminRoutes
+from shipway.api.completions_routes import CompletionRoutes
 from shipway.api.errors import exception_handlers
 from shipway.api.health import HealthRoutes
 from shipway.api.http_protocol import ConnectionLimits, protocol_class
 from shipway.api.middleware import RequestMiddleware
 from shipway.api.openai_routes import OpenAIRoutes
+from shipway.api.responses_routes import ResponsesRoutes
 from shipway.config import LlamaCppModel, OpenAIUpstreamModel, ShipwaySettings
 from shipway.dashboard.routes import DashboardRoutes
 from shipway.engine.engine import Engine
@@ -112,8 +114,11 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         for alias, model in settings.models.items()
         if isinstance(model, LlamaCppModel | OpenAIUpstreamModel)
     }
+    max_tokens_limits = {alias: model.max_tokens_limit for alias, model in settings.models.items()}
     routes = [
         *OpenAIRoutes(pipeline, owned_by, settings.server.max_messages, access, defaults).routes(),
+        *CompletionRoutes(pipeline, access, defaults, max_tokens_limits).routes(),
+        *ResponsesRoutes(pipeline, settings.server.max_messages, access, defaults).routes(),
         *HealthRoutes(engine, metrics, access).routes(),
         *AdminRoutes(keys, access, audit).routes(),
     ]

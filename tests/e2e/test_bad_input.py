@@ -190,11 +190,16 @@ def test_requests_refused_before_routing_are_counted(server: Server) -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"n": 2}, "n"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"tools": [{"type": "code_interpreter"}]}, "tools[0].type"),
+        ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
         (
-            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
-            "response_format",
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "integer", "minimum": 1}},
+                }
+            },
+            "response_format.json_schema.schema.minimum",
         ),
         ({"frobnicate": True}, "frobnicate"),
         ({"api_base": "http://198.51.100.7/v1"}, "api_base"),

@@ -52,8 +52,25 @@ def assert_conforms(body: Any, name: str) -> None:
     _no_undeclared(body, _resolve(_components()["schemas"][name]), name)
 
 
-def _no_undeclared(body: Any, node: dict[str, Any], path: str) -> None:
+def _merged(node: dict[str, Any]) -> dict[str, Any]:
+    """The node with the properties of its `allOf` parts merged in (the Responses schemas)."""
     node = _resolve(node)
+    if "allOf" not in node:
+        return node
+    properties: dict[str, Any] = {}
+    for part in node["allOf"]:
+        properties.update(_merged(part).get("properties", {}))
+    return {**node, "properties": {**properties, **node.get("properties", {})}}
+
+
+def _fits(body: Any, option: dict[str, Any]) -> bool:
+    return bool(
+        jsonschema.Draft202012Validator({**option, "components": _components()}).is_valid(body)
+    )
+
+
+def _no_undeclared(body: Any, node: dict[str, Any], path: str) -> None:
+    node = _merged(node)
     if isinstance(body, dict) and "properties" in node:
         extra = set(body) - set(node["properties"])
         assert not extra, f"{path}: fields not in OpenAI's schema: {sorted(extra)}"
@@ -63,8 +80,10 @@ def _no_undeclared(body: Any, node: dict[str, Any], path: str) -> None:
         for i, item in enumerate(body):
             _no_undeclared(item, node["items"], f"{path}[{i}]")
     elif isinstance(body, dict | list):
+        # The option the body is (a union's first object option may be another item type).
         for option in node.get("anyOf", []) + node.get("oneOf", []):
-            option = _resolve(option)
-            if option.get("type") in ("object", "array") or "properties" in option:
+            option = _merged(option)
+            is_object = option.get("type") in ("object", "array") or "properties" in option
+            if is_object and _fits(body, option):
                 _no_undeclared(body, option, path)
                 return

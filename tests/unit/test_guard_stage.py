@@ -531,3 +531,35 @@ async def test_costly_scans_leave_the_event_loop(
     assert EMAIL not in guarding.request.messages[0]["content"]
     assert "7946" not in guarding.request.messages[0]["content"]
     assert len(hops) == int(threaded)
+
+
+async def test_a_text_completion_is_redacted_and_restored_in_its_own_shape(
+    injection_guard: InjectionGuard, pii_guard: PiiGuard
+) -> None:
+    guards = make_guards(injection_guard, pii_guard, pii="redact")
+    prompt = f"mail {EMAIL}"
+    request = ChatRequest(
+        messages=[{"role": "user", "content": prompt}],
+        prompt=prompt,
+        body={"model": "m", "prompt": prompt},
+    )
+    guarding = await guards.check_chat("m", key(), request)
+    assert guarding.request.prompt == "mail <EMAIL_ADDRESS_1>"  # in step with its message
+    assert guarding.request.messages[0]["content"] == guarding.request.prompt
+    answer = {"choices": [{"index": 0, "text": "to <EMAIL_ADDRESS_1>", "finish_reason": "stop"}]}
+    assert guarding.restore_result(answer)["choices"][0]["text"] == f"to {EMAIL}"
+
+    def text_chunk(text: str, finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return {"object": "text_completion", "choices": [choice]}
+
+    restorer = guarding.stream_restorer()
+    out = [restorer.feed_chunk(text_chunk(t)) for t in ("to <EMAIL", "_ADDRESS_1> ok")]
+    out.append(restorer.feed_chunk(text_chunk("", "stop")))
+    assert "".join(c["choices"][0]["text"] for c in out) == f"to {EMAIL} ok"
+    unfinished = guarding.stream_restorer()
+    assert unfinished.feed_chunk(text_chunk("<EMAIL_ADD"))["choices"][0]["text"] == ""
+    assert unfinished.flush() == {
+        "object": "text_completion",
+        "choices": [{"index": 0, "text": "<EMAIL_ADD", "logprobs": None, "finish_reason": None}],
+    }

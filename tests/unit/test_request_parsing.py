@@ -57,9 +57,9 @@ def test_local_chat_flattens_text_parts_and_maps_developer_to_system() -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"n": 3}, "n"),
         ({"logit_bias": {"1": 5}}, "logit_bias"),
-        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages[0]"),
+        ({"messages": [{"role": "function", "content": "x", "name": "f"}]}, "messages[0]"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"top_k": 3}, "top_k"),
         ({"modalities": ["text", "audio"]}, "modalities"),
     ],

@@ -15,8 +15,8 @@ __all__ = ["error_response", "exception_handlers"]
 
 
 _ROUTES = (
-    "POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models, GET /healthz, "
-    "GET /readyz, GET /metrics"
+    "POST /v1/chat/completions, POST /v1/responses, POST /v1/embeddings, GET /v1/models, "
+    "GET /healthz, GET /readyz, GET /metrics"
 )
 
 

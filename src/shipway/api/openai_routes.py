@@ -15,39 +15,31 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from shipway.api.access import Access, Endpoint, RouteAccess
 from shipway.api.generation_defaults import apply_defaults
-from shipway.api.http_input import (
-    ClientGone,
-    read_json,
-    requested_priority,
-    requested_timeout,
-    unless_disconnected,
+from shipway.api.http_input import ClientGone, read_json, unless_disconnected
+from shipway.api.route_support import (
+    CLIENT_CLOSED,
+    SSE_HEADERS,
+    ClosingStream,
+    hold_until_output,
+    json_response,
+    new_call,
+    principal_of,
+    wants_cost,
 )
 from shipway.api.schemas import ChatCompletionBody, EmbeddingBody, parse_body
 from shipway.backends.base import ChatRequest, EmbedRequest
 from shipway.config import GenerationDefaults
 from shipway.errors import InvalidRequest, ShipwayError
-from shipway.pipeline import Call, Pipeline, carries_output
-from shipway.security.principal import Principal
+from shipway.pipeline import Call, Pipeline
 
 __all__ = ["OpenAIRoutes"]
 
 _MAX_EMBED_INPUTS = 2048
-_CLIENT_CLOSED = 499
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status,
-        media_type="application/json",
-        headers=headers or None,
-    )
 
 
 class OpenAIRoutes:
@@ -106,26 +98,26 @@ class OpenAIRoutes:
         )
         defaults = self.defaults.get(body.model)
         if defaults is not None:
-            chat = apply_defaults(chat, defaults, _principal(request).max_tokens)
-        call = self._call(request, "chat.completions", body.model, body.timeout)
+            chat = apply_defaults(chat, defaults, principal_of(request).max_tokens)
+        call = new_call(request, "chat.completions", body.model, body.timeout)
         stamp = {
             "id": f"chatcmpl-{call.request_id}",
             "created": int(time.time()),
             "model": body.model,
         }
-        with_cost = _wants_cost(request)
+        with_cost = wants_cost(request)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await self._stream(request, call, chat, stamp, include_usage, with_cost)
         try:
             result = await unless_disconnected(request, self.pipeline.chat(call, chat))
         except ClientGone:
-            return Response(status_code=_CLIENT_CLOSED)
+            return Response(status_code=CLIENT_CLOSED)
         if with_cost and isinstance(result.get("usage"), dict):
             result["usage"]["cost"] = self.pipeline.usage_cost(call.model, result["usage"])
         result.update(stamp)
         result["object"] = "chat.completion"
-        return _json(result, headers=call.response_headers)
+        return json_response(result, headers=call.response_headers)
 
     async def _stream(
         self,
@@ -138,14 +130,14 @@ class OpenAIRoutes:
     ) -> Response:
         chunks = self.pipeline.stream(call, chat)
         try:
-            held = await unless_disconnected(request, _hold_until_output(chunks))
+            held = await unless_disconnected(request, hold_until_output(chunks))
         except ClientGone:
             await chunks.aclose()
-            return Response(status_code=_CLIENT_CLOSED)
+            return Response(status_code=CLIENT_CLOSED)
         except BaseException:
             await chunks.aclose()
             raise
-        return _ClosingStream(
+        return ClosingStream(
             _sse(
                 held,
                 chunks,
@@ -155,11 +147,7 @@ class OpenAIRoutes:
             ),
             closes=chunks,
             media_type="text/event-stream",
-            headers={
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-                **call.response_headers,
-            },
+            headers={**SSE_HEADERS, **call.response_headers},
         )
 
     # -- embeddings -----------------------------------------------------------------------------
@@ -167,17 +155,17 @@ class OpenAIRoutes:
         raw = await read_json(request)
         body = parse_body(EmbeddingBody, raw)
         inputs = _embedding_inputs(body.input)
-        call = self._call(request, "embeddings", body.model, body.timeout)
+        call = new_call(request, "embeddings", body.model, body.timeout)
         embed = EmbedRequest(inputs=inputs, dimensions=body.dimensions, body=raw)
         try:
             result = await unless_disconnected(request, self.pipeline.embed(call, embed))
         except ClientGone:
-            return Response(status_code=_CLIENT_CLOSED)
+            return Response(status_code=CLIENT_CLOSED)
         usage: dict[str, Any] = {
             "prompt_tokens": result.prompt_tokens,
             "total_tokens": result.prompt_tokens,
         }
-        if _wants_cost(request):
+        if wants_cost(request):
             usage["cost"] = self.pipeline.usage_cost(call.model, usage)
         vectors = result.vectors
         if body.encoding_format == "base64":
@@ -187,7 +175,7 @@ class OpenAIRoutes:
             ]
         else:
             rows = list(vectors)
-        return _json(
+        return json_response(
             {
                 "object": "list",
                 "data": [
@@ -210,15 +198,15 @@ class OpenAIRoutes:
         }
 
     async def list_models(self, request: Request) -> Response:
-        principal = _principal(request)
+        principal = principal_of(request)
         cards = [self._model_card(a) for a in self.owned_by if principal.may_use(a)]
-        return _json({"object": "list", "data": cards})
+        return json_response({"object": "list", "data": cards})
 
     async def get_model(self, request: Request) -> Response:
         alias = request.path_params["model"]
         # A model the caller may not use is not shown, as in the list: 404 with its models.
-        self.pipeline.visible_runner(alias, _principal(request))
-        return _json(self._model_card(alias))
+        self.pipeline.visible_runner(alias, principal_of(request))
+        return json_response(self._model_card(alias))
 
     # -- helpers --------------------------------------------------------------------------------
     def _check_message_count(self, raw: Any) -> None:
@@ -232,73 +220,6 @@ class OpenAIRoutes:
                 param="messages",
                 code="array_above_max_length",
             )
-
-    def _call(
-        self, request: Request, endpoint: str, model: str, body_timeout: float | None
-    ) -> Call:
-        timeout, timeout_param = requested_timeout(request, body_timeout)
-        call = Call(
-            request_id=request.scope["state"]["request_id"],
-            endpoint=endpoint,
-            model=model,
-            priority=requested_priority(request),
-            requested_timeout_s=timeout,
-            timeout_param=timeout_param,
-            principal=_principal(request),
-            trace=request.scope["state"].get("trace"),
-        )
-        request.scope["state"]["call"] = call
-        return call
-
-
-def _wants_cost(request: Request) -> bool:
-    """``x-shipway-include-cost: true`` adds ``usage.cost`` (an extension OpenAI lacks)."""
-    for key, value in request.scope["headers"]:
-        if key == b"x-shipway-include-cost":
-            return value.strip().lower() in (b"1", b"true", b"yes")
-    return False
-
-
-def _principal(request: Request) -> Principal:
-    # Set by RouteAccess on every /v1 route; ANONYMOUS only when the server is open.
-    principal: Principal = request.scope["state"]["principal"]
-    return principal
-
-
-class _ClosingStream(StreamingResponse):
-    """Closes the pipeline's stream even if the client left before the body started.
-
-    Starlette runs the body in a child task; cancelled before its first step, the body's own
-    ``finally`` never runs, and the slot (a busy worker, an upstream connection) would wait
-    for the garbage collector.
-    """
-
-    def __init__(
-        self,
-        content: AsyncGenerator[bytes, None],
-        *,
-        closes: AsyncGenerator[Any, None],
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(content, **kwargs)
-        self._closes = closes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._closes.aclose()
-
-
-async def _hold_until_output(
-    chunks: AsyncGenerator[dict[str, Any], None],
-) -> list[dict[str, Any]]:
-    held: list[dict[str, Any]] = []
-    async for chunk in chunks:
-        held.append(chunk)
-        if carries_output(chunk):
-            break
-    return held
 
 
 async def _sse(

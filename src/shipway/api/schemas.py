@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shipway.errors import InvalidRequest
 
-__all__ = ["ChatCompletionBody", "EmbeddingBody", "parse_body"]
+__all__ = ["ChatCompletionBody", "CompletionBody", "EmbeddingBody", "parse_body"]
 
 
 _MAX_STOP = 4
@@ -73,6 +73,11 @@ class ChatCompletionBody(_Body):
     ignore_eos: bool | None = None
     modalities: list[str] | None = None
     response_format: ResponseFormat | None = None
+    # Shapes only: a local model checks the definitions (backends/tool_calls.py); an
+    # upstream receives them as sent.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -87,6 +92,39 @@ class ChatCompletionBody(_Body):
     def _needs_logprobs(cls, value: int | None, info: Any) -> int | None:
         if value and not info.data.get("logprobs"):
             raise ValueError("`top_logprobs` needs `logprobs: true`")
+        return value
+
+
+class CompletionBody(_Body):
+    """``/v1/completions`` (OpenAI's legacy text completions). Which values a model cannot
+    honour (``suffix``, ``best_of`` > 1, token prompts) is the route's call, so it can say why."""
+
+    model: Annotated[str, Field(min_length=1)]
+    prompt: str | list[str] | list[int] | list[list[int]] | None
+    suffix: str | None = None
+    echo: bool | None = None
+    best_of: Annotated[int, Field(ge=0, le=20)] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: dict[str, int] | None = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    user: str | None = None
+    ignore_eos: bool | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _at_most_four_stops(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) > _MAX_STOP:
+            raise ValueError(f"at most {_MAX_STOP} stop sequences, got {len(value)}")
         return value
 
 

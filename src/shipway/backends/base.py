@@ -47,6 +47,10 @@ class ChatRequest:
     presence_penalty: float = 0.0
     ignore_eos: bool = False
     body: dict[str, Any] = field(default_factory=dict)
+    prompt: str | None = None
+    """Set for a text completion (``/v1/completions``): the raw prompt, continued as text with
+    no chat template; ``messages`` then holds it as one user message, so the guards and
+    limits read it like any chat."""
 
     def to_wire(self) -> dict[str, Any]:
         """The fields a local worker needs (no ``body``: it is for upstreams)."""
@@ -62,6 +66,7 @@ class ChatRequest:
             "frequency_penalty": self.frequency_penalty,
             "presence_penalty": self.presence_penalty,
             "ignore_eos": self.ignore_eos,
+            "prompt": self.prompt,
         }
 
 

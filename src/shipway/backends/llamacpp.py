@@ -5,6 +5,9 @@ stays text: see ``chat_template``), counts prompt and completion tokens exactly,
 prompt ``n_batch`` tokens at a time and generates token by token so that it can stop on a
 cancel, on a stop string, or at ``max_tokens``, and report logprobs without ``logits_all``
 (which would slow every prompt down): the last row of logits is read right after each sample.
+A request may carry a GBNF ``grammar`` (built by the gateway: backends/json_grammar.py) that
+constrains sampling, and ask for ``n`` answers, sampled one after the other from the same
+evaluated prompt; each delta says which answer (``index``) it belongs to.
 """
 
 from __future__ import annotations
@@ -68,11 +71,21 @@ class LlamaCppRunner:
     def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
         return self._prompt.tokens(messages)
 
+    def text_tokens(self, text: str) -> list[int]:
+        """A text completion's prompt: plain text (markers such as ``<|im_end|>`` are text, as
+        in chat messages), after a BOS if the model wants one. An empty prompt is the BOS (or
+        end-of-text) token alone, as OpenAI's legacy default prompt is ``<|endoftext|>``."""
+        tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        return tokens or [self.llm.token_bos()]
+
     def chat(
         self, request: dict[str, Any], emit: Emit, cancelled: Callable[[], bool]
     ) -> dict[str, Any]:
-        """Generate, ``emit`` text as it is decoded, return the finish reason and usage."""
-        prompt = self.prompt_tokens(request["messages"])
+        """Generate, ``emit`` text as it is decoded, return the finish reason and usage
+        (and each answer's in ``choices``, when ``n`` > 1)."""
+        text = request.get("prompt")
+        source = "messages" if text is None else "prompt"
+        prompt = self.prompt_tokens(request["messages"]) if text is None else self.text_tokens(text)
         n_prompt = len(prompt)
         max_tokens = request.get("max_tokens")
         room = self.n_ctx - n_prompt
@@ -81,13 +94,59 @@ class LlamaCppRunner:
             raise LocalModelError(
                 "context_length_exceeded",
                 f"This model's maximum context length is {self.n_ctx} tokens. However, you "
-                f"requested {asked} tokens ({n_prompt} in the messages, {max_tokens or 0} in the "
-                "completion). Please reduce the length of the messages or completion.",
-                param="messages",
+                f"requested {asked} tokens ({n_prompt} in the {source}, {max_tokens or 0} in the "
+                f"completion). Please reduce the length of the {source} or completion.",
+                param=source,
             )
         limit = room if max_tokens is None else max_tokens
+        grammar = self._grammar(request.get("grammar"))
         seed = request.get("seed")
-        self.llm.set_seed(seed if seed is not None else random.getrandbits(31))
+        choices: list[dict[str, Any]] = []
+        for index in range(int(request.get("n") or 1)):
+            # Independent samples; with a seed, choice i is seeded seed + i (repeatable).
+            self.llm.set_seed(seed + index if seed is not None else random.getrandbits(31))
+
+            def emit_choice(piece: dict[str, Any], index: int = index) -> None:
+                emit({**piece, "index": index})
+
+            choices.append(self._sample(prompt, limit, request, grammar, emit_choice, cancelled))
+            if choices[-1]["finish_reason"] == "cancelled":
+                break
+        generated = sum(c["completion_tokens"] for c in choices)
+        logprob_sum = sum(c.pop("logprob_sum") for c in choices)
+        return {
+            "finish_reason": choices[0]["finish_reason"],
+            # The prompt once, however many samples: it is evaluated once (then reused).
+            "prompt_tokens": n_prompt,
+            "completion_tokens": generated,
+            # The answer's confidence, whether or not the client asked for logprobs.
+            "mean_logprob": round(logprob_sum / generated, 4) if generated else None,
+            "choices": choices,
+        }
+
+    def _grammar(self, text: str | None) -> Any:
+        """A ``LlamaGrammar`` for GBNF ``text`` (built by the gateway), checked here first:
+        llama-cpp-python would add a grammar llama.cpp failed to parse as a null sampler."""
+        if text is None:
+            return None
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        sampler = self._lib.llama_sampler_init_grammar(self._vocab, text.encode("utf-8"), b"root")
+        if not sampler:
+            raise LocalModelError("internal", "llama.cpp could not parse the request's grammar")
+        self._lib.llama_sampler_free(sampler)
+        return LlamaGrammar.from_string(text, verbose=False)
+
+    def _sample(
+        self,
+        prompt: list[int],
+        limit: int,
+        request: dict[str, Any],
+        grammar: Any,
+        emit: Emit,
+        cancelled: Callable[[], bool],
+    ) -> dict[str, Any]:
+        """One answer: its finish reason, token count and summed token log-probability."""
         want_logprobs = bool(request.get("logprobs"))
         top_n = int(request.get("top_logprobs") or 0)
         stop_strings: list[str] = [s for s in request.get("stop") or [] if s]
@@ -95,10 +154,11 @@ class LlamaCppRunner:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         finish = "length"
         generated = 0
+        logprob_sum = 0.0
         if limit == 0:
-            return {"finish_reason": finish, "prompt_tokens": n_prompt, "completion_tokens": 0}
+            return {"finish_reason": finish, "completion_tokens": 0, "logprob_sum": 0.0}
         if not self._evaluate_prompt(prompt, cancelled):
-            return {"finish_reason": "cancelled", "prompt_tokens": n_prompt, "completion_tokens": 0}
+            return {"finish_reason": "cancelled", "completion_tokens": 0, "logprob_sum": 0.0}
         tokens = self.llm.generate(
             prompt,
             temp=float(request.get("temperature", 1.0)),
@@ -109,9 +169,10 @@ class LlamaCppRunner:
             repeat_penalty=1.0,
             frequency_penalty=float(request.get("frequency_penalty", 0.0)),
             presence_penalty=float(request.get("presence_penalty", 0.0)),
+            grammar=grammar,
         )
-        ignore_eos = bool(request.get("ignore_eos"))
-        logprob_sum = 0.0
+        # A grammar allows the end only once its answer is whole: never ignored then.
+        ignore_eos = bool(request.get("ignore_eos")) and grammar is None
         for token in tokens:
             if not ignore_eos and self._lib.llama_vocab_is_eog(self._vocab, token):
                 finish = "stop"
@@ -135,13 +196,7 @@ class LlamaCppRunner:
         if finish != "stop":
             text_out.feed(decoder.decode(b"", final=True), None)
         text_out.flush()
-        return {
-            "finish_reason": finish,
-            "prompt_tokens": n_prompt,
-            "completion_tokens": generated,
-            # The answer's confidence, whether or not the client asked for logprobs.
-            "mean_logprob": round(logprob_sum / generated, 4) if generated else None,
-        }
+        return {"finish_reason": finish, "completion_tokens": generated, "logprob_sum": logprob_sum}
 
     def _evaluate_prompt(self, prompt: list[int], cancelled: Callable[[], bool]) -> bool:
         """Evaluate the whole prompt, ``n_batch`` tokens at a time; False if cancelled.

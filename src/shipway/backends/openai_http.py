@@ -25,6 +25,8 @@ __all__ = ["OpenAIHTTPBackend", "sse_lines"]
 _MAX_SSE_LINE = 16 * 1024 * 1024
 _MAX_ERROR_BODY = 64 * 1024
 _PASSED_THROUGH = {400, 404, 409, 413, 415, 422, 429}
+# The events that end a Responses stream (`/v1/responses` forwarded as sent).
+_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # Shipway's own `timeout`, and fields with which SDK-style proxies (LiteLLM and the like)
 # let a body choose the endpoint or credentials: where a request goes and with what key
 # comes from the configuration only, so these never reach an upstream that might honour them.
@@ -189,7 +191,8 @@ class OpenAIHTTPBackend:
         )
 
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
-        response = await self._post("chat/completions", self._body(request.body, stream=False))
+        path, changes = _endpoint(request)
+        response = await self._post(path, self._body(request.body, stream=False, **changes))
         try:
             data = await self._read_answer(response)
         finally:
@@ -198,8 +201,9 @@ class OpenAIHTTPBackend:
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[dict[str, Any], None]:
         options = {**(request.body.get("stream_options") or {}), "include_usage": True}
+        path, changes = _endpoint(request)
         response = await self._post(
-            "chat/completions", self._body(request.body, stream=True, stream_options=options)
+            path, self._body(request.body, stream=True, stream_options=options, **changes)
         )
         try:
             if response.content_type != "text/event-stream":
@@ -227,6 +231,56 @@ class OpenAIHTTPBackend:
                     c.get("finish_reason") for c in chunk.get("choices") or ()
                 )
                 yield chunk
+            if not finished:
+                raise UpstreamError(
+                    f"upstream of model {self.alias!r} ended the stream before finishing",
+                    kind="broken",
+                )
+        except (aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+            raise UpstreamError(
+                f"upstream of model {self.alias!r} broke off the stream: {exc!r}", kind="broken"
+            ) from exc
+        finally:
+            response.release()
+
+    # -- /v1/responses, forwarded as sent (models with `responses_api`) ------------------------
+    async def respond(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A Responses body posted to the upstream's ``responses``; its Response object."""
+        response = await self._post("responses", self._body(body, stream=False))
+        try:
+            data = await self._read_answer(response)
+        finally:
+            response.release()
+        return _json_object(data, self.alias)
+
+    async def stream_response(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        """The upstream's typed events as they come. An ``error`` event raises, as a chat
+        stream's does; a stream that ends before its final event is the upstream's fault."""
+        response = await self._post("responses", self._body(body, stream=True))
+        try:
+            if response.content_type != "text/event-stream":
+                raise UpstreamError(
+                    f"upstream of model {self.alias!r} answered a stream request with "
+                    f"{response.content_type!r}, not text/event-stream"
+                )
+            finished = False
+            async for line in sse_lines(response.content.iter_any(), self.alias):
+                payload = line[5:].strip() if line.startswith(b"data:") else b""
+                if not payload or payload == b"[DONE]":
+                    continue
+                event = _json_object(payload, self.alias)
+                if event.get("type") == "error" or ("error" in event and "type" not in event):
+                    error = event.get("error")
+                    detail = event.get("message") or (
+                        error.get("message") if isinstance(error, dict) else error
+                    )
+                    raise UpstreamError(
+                        f"upstream of model {self.alias!r} failed mid-stream: "
+                        f"{self._scrubbed(str(detail))}",
+                        kind="error_event",
+                    )
+                finished = finished or event.get("type") in _FINAL_EVENTS
+                yield event
             if not finished:
                 raise UpstreamError(
                     f"upstream of model {self.alias!r} ended the stream before finishing",
@@ -273,6 +327,18 @@ async def sse_lines(pieces: AsyncIterator[bytes], alias: str) -> AsyncGenerator[
             raise UpstreamError(f"upstream of model {alias!r} sent an event over 16 MiB")
     if buffer:
         yield bytes(buffer)
+
+
+def _endpoint(request: ChatRequest) -> tuple[str, dict[str, Any]]:
+    """Where a chat request goes, and what of the body it changes.
+
+    A text completion goes to the upstream's own ``completions`` endpoint and its answer
+    comes back in that shape (``text_completion``); its prompt is the request's (one of a
+    list, maybe redacted by the PII guard), not the body's.
+    """
+    if request.prompt is None:
+        return "chat/completions", {}
+    return "completions", {"prompt": request.prompt}
 
 
 def _vector(value: Any) -> np.ndarray[Any, Any]:

@@ -29,13 +29,13 @@ import orjson
 import structlog
 
 from shipway.backends.base import (
-    MEAN_LOGPROB,
     Backend,
     ChatRequest,
     EmbedRequest,
     EmbedResult,
 )
-from shipway.backends.local_chat import chat_chunk, validate_local_chat
+from shipway.backends.local_answer import AnswerShaper, gather
+from shipway.backends.local_chat import plan_local_chat
 from shipway.config import WorkerSettings
 from shipway.errors import (
     ContextLengthExceeded,
@@ -328,62 +328,36 @@ class WorkerProcess:
                 self._process.kill()
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[dict[str, Any], None]:
-        wire = {**request.to_wire(), "messages": validate_local_chat(request)}
-        yield chat_chunk({"role": "assistant", "content": ""})
-        usage: dict[str, int] | None = None
-        mean_logprob: float | None = None
-        async with contextlib.aclosing(self._exchange("chat", wire)) as replies:
+        plan = plan_local_chat(request)
+        shaper = AnswerShaper(plan)
+        for chunk in shaper.opening():
+            yield chunk
+        done: dict[str, Any] | None = None
+        async with contextlib.aclosing(self._exchange("chat", plan.wire(request))) as replies:
             async for message in replies:
                 if message["type"] == "delta":
-                    logprobs = message.get("logprobs")
-                    yield chat_chunk(
-                        {"content": message["text"]},
-                        logprobs={"content": logprobs, "refusal": None} if logprobs else None,
-                    )
-                else:
-                    usage = _usage(message["prompt_tokens"], message["completion_tokens"])
-                    mean_logprob = message.get("mean_logprob")
-                    yield chat_chunk({}, finish_reason=message["finish_reason"])
-        if usage is not None:
-            yield {
-                "object": "chat.completion.chunk",
-                "choices": [],
-                "usage": usage,
-                MEAN_LOGPROB: mean_logprob,
-            }
-
-    async def chat(self, request: ChatRequest) -> dict[str, Any]:
-        wire = {**request.to_wire(), "messages": validate_local_chat(request)}
-        parts: list[str] = []
-        logprobs: list[dict[str, Any]] = []
-        done: dict[str, Any] = {}
-        async with contextlib.aclosing(self._exchange("chat", wire)) as replies:
-            async for message in replies:
-                if message["type"] == "delta":
-                    parts.append(message["text"])
-                    logprobs.extend(message.get("logprobs") or ())
+                    for chunk in shaper.delta(message):
+                        yield chunk
                 else:
                     done = message
-        return {
-            "object": "chat.completion",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": "".join(parts),
-                        "refusal": None,
-                        "annotations": [],
-                    },
-                    "logprobs": {"content": logprobs, "refusal": None}
-                    if request.logprobs
-                    else None,
-                    "finish_reason": done["finish_reason"],
-                }
-            ],
-            "usage": _usage(done["prompt_tokens"], done["completion_tokens"]),
-            MEAN_LOGPROB: done.get("mean_logprob"),
-        }
+                    for chunk in shaper.done(message):
+                        yield chunk
+        if done is not None:
+            yield shaper.usage_chunk(done)
+
+    async def chat(self, request: ChatRequest) -> dict[str, Any]:
+        plan = plan_local_chat(request)
+        shaper = AnswerShaper(plan)
+        chunks = shaper.opening()
+        done: dict[str, Any] = {}
+        async with contextlib.aclosing(self._exchange("chat", plan.wire(request))) as replies:
+            async for message in replies:
+                if message["type"] == "delta":
+                    chunks += shaper.delta(message)
+                else:
+                    done = message
+                    chunks += shaper.done(message)
+        return gather(chunks, done, request.logprobs)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         wire = {"inputs": request.inputs, "dimensions": request.dimensions}
@@ -402,14 +376,6 @@ def _decode(line: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return message if isinstance(message, dict) else None
-
-
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
 
 
 # A worker parses model files and prompts in native code: if that is ever exploited, it must

@@ -285,7 +285,9 @@ class Guards:
         body = {**request.body}
         if "messages" in body:
             body["messages"] = messages if body_messages is None else _rewrite(body_messages, swap)
-        redacted = dataclasses.replace(request, messages=messages, body=body)
+        # A text completion's prompt is its one message's text: it goes redacted alike.
+        prompt = None if request.prompt is None else swap.get(request.prompt, request.prompt)
+        redacted = dataclasses.replace(request, messages=messages, body=body, prompt=prompt)
         return redacted, MappingProxyType(mapping), len(spans)
 
 
@@ -317,6 +319,9 @@ class ChatGuarding:
         return ChatStreamRestorer(self.mapping)
 
     def _restore_choice(self, choice: Any) -> Any:
+        if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            # A text_completion choice (an upstream's /v1/completions answer).
+            return {**choice, "text": restore(choice["text"], self.mapping)}
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
             return choice
@@ -336,7 +341,8 @@ class ChatGuarding:
 
 
 class ChatStreamRestorer:
-    """``restore`` over a stream of ``chat.completion.chunk`` bodies, one chunk in, one out.
+    """``restore`` over a stream of ``chat.completion.chunk`` bodies, one chunk in, one out
+    (or of ``text_completion`` chunks, whose choices carry ``text`` instead of a delta).
 
     A placeholder split across chunks is held back until it completes; what is still held
     when a choice finishes goes into the delta of the chunk carrying its ``finish_reason``,
@@ -348,6 +354,7 @@ class ChatStreamRestorer:
         self._mapping = mapping
         self._content: dict[int, StreamRestorer] = {}
         self._arguments: dict[tuple[int, int], StreamRestorer] = {}
+        self._text_completion = False
 
     def feed_chunk(self, chunk: dict[str, Any]) -> dict[str, Any]:
         """The chunk with the values restored (a new dict; ``chunk`` itself when there is
@@ -374,6 +381,14 @@ class ChatStreamRestorer:
         self._arguments.clear()
         if not held:
             return None
+        if self._text_completion:
+            return {
+                "object": "text_completion",
+                "choices": [
+                    {"index": i, "text": d["content"], "logprobs": None, "finish_reason": None}
+                    for i, d in sorted(held.items())
+                ],
+            }
         return {
             "object": "chat.completion.chunk",
             "choices": [
@@ -386,9 +401,11 @@ class ChatStreamRestorer:
         if not isinstance(choice, dict):
             return choice
         index = choice.get("index", 0)
+        finished = choice.get("finish_reason") is not None
+        if isinstance(choice.get("text"), str) and "delta" not in choice:
+            return self._feed_text(choice, index, finished)
         delta = choice.get("delta")
         delta = {**delta} if isinstance(delta, dict) else {}
-        finished = choice.get("finish_reason") is not None
         content = delta.get("content")
         if isinstance(content, str) or (finished and index in self._content):
             restorer = self._content.get(index)
@@ -406,6 +423,17 @@ class ChatStreamRestorer:
         if finished:
             self._flush_calls(index, delta)
         return {**choice, "delta": delta}
+
+    def _feed_text(self, choice: dict[str, Any], index: int, finished: bool) -> dict[str, Any]:
+        self._text_completion = True
+        restorer = self._content.get(index)
+        if restorer is None:
+            restorer = self._content[index] = StreamRestorer(self._mapping)
+        text = restorer.feed(choice["text"])
+        if finished:
+            text += restorer.flush()
+            del self._content[index]
+        return {**choice, "text": text}
 
     def _feed_call(self, index: int, call: Any) -> Any:
         if not isinstance(call, dict):
