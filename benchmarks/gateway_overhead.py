@@ -5,11 +5,12 @@ measure requests/s and p50/p99 latency at several concurrencies for: the upstrea
 directly; a bare Starlette+aiohttp forwarder (the floor for a Python gateway); and
 ``shipway serve`` in several set-ups (SHIPWAY_TARGETS: nothing on; trace context only;
 observability fully on; a key and rate limits on every request; the whole pipeline (keys,
-limits, access and audit logs, exported traces); and that plus the injection guard). The
-server under test is pinned to core 0; the load generator and the fake upstream share core 1.
-Also: aiohttp vs httpx as the forwarder's client (at c=16), the HTTP
-server under the same forwarder (uvicorn httptools, uvicorn h11, uvicorn httptools with
-Shipway's limits and timeouts, granian if installed), and the load generator's own ceiling.
+limits, access and audit logs, exported traces); that plus the injection guard; a spend
+budget on the key; and an exact response-cache hit on every request). The server under
+test is pinned to core 0; the load generator and the fake upstream share core 1. Also:
+aiohttp vs httpx as the forwarder's client (at c=16), the HTTP server under the same
+forwarder (uvicorn httptools, uvicorn h11, uvicorn httptools with Shipway's limits and
+timeouts, granian if installed), and the load generator's own ceiling.
 
     python benchmarks/gateway_overhead.py [--quick] [--loadgen wrk|aiohttp] [--rounds N]
                                           [--only bare-aiohttp@shipway,shipway]
@@ -67,7 +68,19 @@ SHIPWAY_TARGETS: dict[str, dict[str, Any]] = {
     "shipway+keys+limits": {"keys": True},
     "shipway+pipeline": {"keys": True, "logs": True, "tracing": "export"},
     "shipway+pipeline+guard": {"keys": True, "logs": True, "tracing": "export", "guard": True},
+    "shipway+budget": {"keys": True, "budget": True},
+    "shipway+cache-hit": {"cache_hit": True},
 }
+# The cache-hit target asks the same deterministic question every time: after the first
+# answer, every request is an exact hit that never reaches the upstream.
+CACHED_BODY = json.dumps(
+    {
+        "model": "fixed",
+        "messages": [{"role": "user", "content": "Say ok."}],
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+).encode()
 
 
 def shipway_config(
@@ -79,7 +92,11 @@ def shipway_config(
     access_log: bool = False,
     tracing: str = "off",
     guard: bool = False,
+    budget: bool = False,
+    cache_hit: bool = False,
 ) -> dict[str, Any]:
+    """``budget``: a day budget on the key (a reservation and a settle per request, memory
+    ledger); ``cache_hit``: nothing else (the body makes every request a hit)."""
     model = {"backend": "openai", "base_url": f"{upstream}/v1", "upstream_model": "fixed"}
     config: dict[str, Any] = {
         "server": {"access_log": logs or access_log},
@@ -97,6 +114,11 @@ def shipway_config(
     }
     if guard:
         config["guards"] = {"injection": "block"}
+    if budget:
+        config["models"]["fixed"]["price"] = {"input": 1.0, "output": 2.0}
+        config["budgets"] = {
+            "rules": [{"name": "bench", "scope": "key", "window": "day", "hard_limit": 1e9}]
+        }
     return config
 
 
@@ -130,6 +152,7 @@ def main() -> None:
     rounds = 1 if args.quick else args.rounds
     tool = "aiohttp" if args.loadgen == "aiohttp" or not loadgen.have_wrk() else "wrk"
     samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    bodies: dict[str, bytes] = {}
 
     with Servers() as servers:
         # Every target is started first and measured in turn, round after round: this VM's
@@ -166,6 +189,8 @@ def main() -> None:
                 headers["Authorization"] = f"Bearer {make_key(data_dir)}"
             _, base = servers.shipway(name, config, cpus=SERVER_CPU)
             targets.append((name, base + PATH, concurrencies, headers))
+            if SHIPWAY_TARGETS[name].get("cache_hit"):
+                bodies[name] = CACHED_BODY
 
         other = "aiohttp" if tool == "wrk" else "wrk"
         if not args.quick and loadgen.have_wrk():
@@ -185,7 +210,7 @@ def main() -> None:
                     result = loadgen.run(
                         how,
                         url,
-                        BODY,
+                        bodies.get(name, BODY),
                         concurrency=c,
                         seconds=seconds,
                         warmup_s=warmup if first else 0,

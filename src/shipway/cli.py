@@ -249,6 +249,9 @@ def keys_create(
     max_tokens: Annotated[
         int | None, typer.Option(min=1, help="Largest max_tokens it may ask for.")
     ] = None,
+    max_prompt_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Largest prompt it may send, in tokens.")
+    ] = None,
     injection: Annotated[
         str | None, typer.Option(help="Injection guard for this key: block, flag or off.")
     ] = None,
@@ -271,6 +274,7 @@ def keys_create(
         rpm=rpm,
         tpm=tpm,
         max_tokens=max_tokens,
+        max_prompt_tokens=max_prompt_tokens,
         injection=injection,
         pii=pii,
         expires=expires,
@@ -394,6 +398,28 @@ def audit_anchor(
     typer.echo(document, nl=False)
 
 
+# -- costs (attribution) --
+@app.command()
+def costs(
+    by: Annotated[str, typer.Option(help="Group by team, key, model, tag or user.")] = "team",
+    since: Annotated[
+        str, typer.Option(help="From 30m, 24h, 7d, 2w ago, or an ISO date (UTC unless it says).")
+    ] = "7d",
+    until: Annotated[str | None, typer.Option(help="Up to (same forms); default: now.")] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="table, csv or json (as GET /admin/costs).")
+    ] = "table",
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Spend per team, key, model, tag or end user, from the server's database."""
+    from shipway.costs.costs_cli import show_costs
+
+    settings = _store_settings(config, database_url, data_dir)
+    raise typer.Exit(show_costs(settings, by=by, since=since, until=until, fmt=output_format))
+
+
 @app.command()
 def stats(
     url: Annotated[
@@ -444,6 +470,114 @@ def alerts_export(
     except OSError as exc:
         typer.echo(f"cannot write {output}: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+# -- chaos (ops: fault injection and load, over HTTP only) --
+chaos_app = typer.Typer(
+    no_args_is_help=True, help="Fault injection: a faulty proxy and a load run."
+)
+app.add_typer(chaos_app, name="chaos")
+AllowRemoteOption = Annotated[
+    bool, typer.Option("--allow-remote", help="Allow a target that is not on this machine.")
+]
+Rate = Annotated[float, typer.Option(min=0.0, max=1.0)]
+
+
+@chaos_app.command("proxy")
+def chaos_proxy(
+    target: Annotated[str, typer.Option(help="The upstream, e.g. http://127.0.0.1:9100.")],
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Listen port (0: any).")] = 8790,
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    error_rate: Rate = 0.2,
+    error_status: Annotated[int, typer.Option(min=400, max=599)] = 500,
+    latency_ms: Annotated[float, typer.Option(min=0.0, help="Added to every request.")] = 0.0,
+    latency_jitter_ms: Annotated[float, typer.Option(min=0.0, help="Plus 0..this.")] = 0.0,
+    stall_rate: Rate = 0.05,
+    stall_s: Annotated[float, typer.Option(min=0.0, help="Silence, then forwarded.")] = 10.0,
+    reset_rate: Rate = 0.05,
+    cut_rate: Rate = 0.02,
+    seed: Annotated[int | None, typer.Option(help="Same seed, same faults in order.")] = None,
+    report_s: Annotated[float, typer.Option(min=0.0, help="Print counts this often.")] = 10.0,
+    allow_remote: AllowRemoteOption = False,
+) -> None:
+    """A proxy to --target that fails a share of requests: errors, stalls, resets, cuts.
+
+    At most one fault per request, so the rates add up to 1 at most. GET /_chaos/stats counts
+    them; POST /_chaos/config changes the rates while it runs."""
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from shipway.ops.chaos_faults import ChaosRates, explain
+    from shipway.ops.chaos_proxy import ChaosProxy, serve_proxy
+    from shipway.ops.loopback import TargetRefused, check_target
+
+    try:
+        url = check_target(target, allow_remote=allow_remote)
+        rates = ChaosRates(
+            error_rate=error_rate,
+            error_status=error_status,
+            latency_ms=latency_ms,
+            latency_jitter_ms=latency_jitter_ms,
+            stall_rate=stall_rate,
+            stall_s=stall_s,
+            reset_rate=reset_rate,
+            cut_rate=cut_rate,
+        )
+    except TargetRefused as exc:
+        typer.echo(f"chaos proxy: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ValidationError as exc:
+        typer.echo(f"chaos proxy: {explain(exc)}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        asyncio.run(serve_proxy(ChaosProxy(url, rates, seed), host, port, report_s))
+    except OSError as exc:
+        typer.echo(f"chaos proxy: cannot listen on {host}:{port}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@chaos_app.command("run")
+def chaos_run(
+    model: Annotated[str, typer.Option(help="The model (alias) to ask.")],
+    url: Annotated[str, typer.Option(envvar="SHIPWAY_URL", help="The server.")] = (
+        "http://127.0.0.1:8700"
+    ),
+    requests: Annotated[int, typer.Option(min=1, help="Requests in all.")] = 2000,
+    concurrency: Annotated[int, typer.Option(min=1, help="In flight at once.")] = 32,
+    stream_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share streamed.")] = 0.0,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 8,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="The environment variable holding the API key.")
+    ] = None,
+    timeout_s: Annotated[float, typer.Option(min=0.1, help="Per request.")] = 60.0,
+    duration_limit_s: Annotated[
+        float, typer.Option(min=0.1, help="No new request after this long.")
+    ] = 600.0,
+    allow_remote: AllowRemoteOption = False,
+    output_format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Bounded load at a running server, and what it did with it.
+
+    Prints the success rate, error mix, latency, who answered, and (from /metrics) retries,
+    fallbacks and breaker transitions. Exit 0 once it ran, whatever the results."""
+    from shipway.ops.chaos_run import RunPlan, run_chaos
+
+    if output_format not in ("table", "json"):
+        typer.echo("chaos run: --format is table or json", err=True)
+        raise typer.Exit(2)
+    plan = RunPlan(
+        url=url,
+        model=model,
+        requests=requests,
+        concurrency=concurrency,
+        stream_share=stream_share,
+        max_tokens=max_tokens,
+        timeout_s=timeout_s,
+        duration_limit_s=duration_limit_s,
+    )
+    code = run_chaos(plan, allow_remote=allow_remote, api_key_env=api_key_env, fmt=output_format)
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -22,6 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from typing_extensions import TypeAliasType
 
+from shipway.config_costs import (
+    BatchSettings,
+    BudgetSettings,
+    CacheOverrides,
+    CacheSettings,
+    RouteSettings,
+)
+from shipway.config_resilience import ResilienceOverrides, ResilienceSettings
 from shipway.errors import ConfigError
 
 __all__ = [
@@ -32,6 +40,7 @@ __all__ = [
     "AlertSeverity",
     "AuditSettings",
     "AuthSettings",
+    "CostAnomalyRule",
     "CostRateRule",
     "DashboardSettings",
     "ErrorRateRule",
@@ -407,12 +416,61 @@ class CostRateRule(_AlertRuleBase):
     for_s: float = Field(0.0, ge=0, description="The condition must hold this long to fire.")
 
 
-_ALERT_KINDS = ("latency", "error_rate", "model_unavailable", "queue_saturation", "cost_rate")
+class CostAnomalyRule(_AlertRuleBase):
+    """Fires when a (team, model)'s spend rate jumps above its own rolling baseline."""
+
+    kind: Literal["cost_anomaly"] = Field(description="Rule kind.")
+    window_s: float = Field(
+        300.0, ge=60, multiple_of=60, description="The recent spend rate is over this long."
+    )
+    baseline_window_s: float = Field(
+        86400.0,
+        ge=3600,
+        le=7 * 86400,
+        multiple_of=60,
+        description="The baseline: the mean spend rate over this span before the window.",
+    )
+    min_baseline_s: float = Field(
+        3600.0,
+        ge=60,
+        description="Less history than this before the window (after a start) judges nothing.",
+    )
+    factor: float = Field(3.0, gt=1, description="Fires above this multiple of the baseline.")
+    min_spend_per_hour: float = Field(
+        1.0,
+        ge=0,
+        description="Never fires below this spend per hour (in `telemetry.currency`), so a "
+        "tiny baseline does not fire on cents.",
+    )
+    teams: list[str] | None = Field(
+        None, description="Only these teams; unset: every team (and keys with none), each apart."
+    )
+
+    @model_validator(mode="after")
+    def _baseline_known(self) -> CostAnomalyRule:
+        if self.min_baseline_s > self.baseline_window_s:
+            raise ValueError("`min_baseline_s` must be at most `baseline_window_s`")
+        return self
+
+
+_ALERT_KINDS = (
+    "latency",
+    "error_rate",
+    "model_unavailable",
+    "queue_saturation",
+    "cost_rate",
+    "cost_anomaly",
+)
 # A named alias, so the configuration reference shows `list[AlertRule]`.
 AlertRule = TypeAliasType(
     "AlertRule",
     Annotated[
-        LatencyRule | ErrorRateRule | ModelUnavailableRule | QueueSaturationRule | CostRateRule,
+        LatencyRule
+        | ErrorRateRule
+        | ModelUnavailableRule
+        | QueueSaturationRule
+        | CostRateRule
+        | CostAnomalyRule,
         Field(discriminator="kind"),
     ],
 )
@@ -484,12 +542,12 @@ class AlertSettings(_Strict):
     default_rules: bool = Field(
         True,
         description="Evaluate the default rules (latency p95/p99, error rate, model "
-        "unavailable, queue saturation; docs/observability.md) beside `rules`.",
+        "unavailable, queue saturation, cost anomaly; docs/observability.md) beside `rules`.",
     )
     rules: list[AlertRule] = Field(
         default_factory=list,
         description="Rules, each with a `kind`: `latency`, `error_rate`, `model_unavailable`, "
-        "`queue_saturation` or `cost_rate`.",
+        "`queue_saturation`, `cost_rate` or `cost_anomaly`.",
     )
     webhooks: list[WebhookSettings] = Field(
         default_factory=list, description="Receivers of firing and resolved notifications."
@@ -569,6 +627,30 @@ class _ModelBase(_Strict):
     price: Price = Field(
         default_factory=lambda: Price(),
         description="What a call costs, per million tokens, in `telemetry.currency`.",
+    )
+    cache: CacheOverrides = Field(
+        default_factory=CacheOverrides, description="Per-model response cache overrides."
+    )
+    resilience: ResilienceOverrides = Field(
+        default_factory=ResilienceOverrides,
+        description="Per-model timeouts, retries, breaker, health check, adaptive concurrency.",
+    )
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Models tried in order when this one cannot answer: retries exhausted, "
+        "breaker open, unhealthy, timed out, queue full, or the prompt too long for it (then "
+        "only a model with a larger context).",
+    )
+    degraded_reply: str | None = Field(
+        None,
+        description="When every option failed: this text as the answer, marked "
+        "`x-shipway-degraded: true` (unset: a 503 with `Retry-After`).",
+    )
+    max_prompt_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Largest prompt a request may send to this model, in tokens (estimated "
+        "before dispatch at 4 characters a token, the rate limiter's measure); more gets 400.",
     )
 
 
@@ -713,6 +795,16 @@ class OpenAIUpstreamModel(_ChatModel):
         description="Idle pooled connections close after this; keep it below the upstream's "
         "own keep-alive (uvicorn-based servers such as vLLM: 5 s).",
     )
+    context_length: int | None = Field(
+        None,
+        ge=1,
+        description="The upstream model's context window in tokens, for `routes` (a route "
+        "skips a model whose context cannot hold the prompt and answer); unset: unknown, "
+        "never skipped for length.",
+    )
+    supports_tools: bool = Field(
+        True, description="The upstream takes `tools` and `response_format` (for `routes`)."
+    )
     responses_api: bool = Field(
         False,
         description="The upstream serves `/v1/responses` itself (OpenAI, recent vLLM): "
@@ -832,6 +924,25 @@ class ShipwaySettings(BaseSettings):
     dashboard: DashboardSettings = Field(
         default_factory=DashboardSettings, description="The web dashboard."
     )
+    cache: CacheSettings = Field(
+        default_factory=CacheSettings, description="The exact and semantic response cache."
+    )
+    resilience: ResilienceSettings = Field(
+        default_factory=ResilienceSettings,
+        description="Timeouts, retries, breakers, health checks and adaptive concurrency for "
+        "every model (docs/failure-modes.md).",
+    )
+    budgets: BudgetSettings = Field(
+        default_factory=BudgetSettings, description="Spend budgets per key, team and tag."
+    )
+    routes: dict[str, RouteSettings] = Field(
+        default_factory=dict,
+        description="Named routes (e.g. `auto`) served by the cheapest model that fits the "
+        "request.",
+    )
+    batches: BatchSettings = Field(
+        default_factory=BatchSettings, description="OpenAI-compatible batch jobs."
+    )
     embedded_models: bool = Field(
         True,
         description="Serve the two embedded models (`smollm2-135m`, `all-minilm-l6-v2`) "
@@ -901,6 +1012,30 @@ class ShipwaySettings(BaseSettings):
         if value is not None and value.partition(":")[0] not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://HOST:PORT/DB, rediss:// or unix:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _known_model_references(self) -> ShipwaySettings:
+        for name, route in self.routes.items():
+            if name in self.models:
+                raise ValueError(f"routes.{name}: a model has the same alias; rename one")
+            missing = [alias for alias in route.models if alias not in self.models]
+            if missing:
+                raise ValueError(f"routes.{name}.models: no such model(s) {missing}")
+        for alias, model in self.models.items():
+            for fallback in model.fallbacks:
+                if fallback == alias or fallback not in self.models:
+                    reason = (
+                        "a model cannot fall back to itself"
+                        if fallback == alias
+                        else ("no such model")
+                    )
+                    raise ValueError(f"models.{alias}.fallbacks: {fallback!r}: {reason}")
+        for index, rule in enumerate(self.budgets.rules):
+            if rule.fallback_model and rule.fallback_model not in self.models:
+                raise ValueError(
+                    f"budgets.rules.{index}.fallback_model: no such model {rule.fallback_model!r}"
+                )
+        return self
 
     @field_validator("models")
     @classmethod

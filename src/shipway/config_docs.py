@@ -14,6 +14,7 @@ from pydantic_core import PydanticUndefined
 
 from shipway.config import (
     AlertSettings,
+    CostAnomalyRule,
     CostRateRule,
     ErrorRateRule,
     GenerationDefaults,
@@ -39,6 +40,7 @@ _ALERT_RULES: tuple[tuple[str, type[BaseModel]], ...] = (
     ("model_unavailable", ModelUnavailableRule),
     ("queue_saturation", QueueSaturationRule),
     ("cost_rate", CostRateRule),
+    ("cost_anomaly", CostAnomalyRule),
 )
 
 _HEADER = """# Configuration reference

@@ -26,10 +26,14 @@ pydantic) are translated into these at the boundary where they happen, with ``ra
     ├── ClientClosedRequest           499 code=client_closed_request  (nobody is listening)
     ├── UpstreamError                 502 upstream_error
     ├── ModelUnavailable              503 service_unavailable (+ Retry-After)
-    │   └── WorkerCrashed             503 code=worker_crashed
+    │   ├── WorkerCrashed             503 code=worker_crashed
+    │   ├── BreakerOpen               503 code=circuit_open  (failing fast; + Retry-After)
+    │   └── UpstreamUnhealthy         503 code=upstream_unhealthy  (failed health checks)
+    ├── ConcurrencyLimited            503 code=upstream_overloaded  (adaptive limit full)
     ├── TooManyConnections            503 code=too_many_connections
     ├── StoreUnavailable              503 code=store_unavailable  (database or Redis unreachable)
-    └── DeadlineExceeded              504 code=timeout
+    ├── DeadlineExceeded              504 code=timeout  (the request's own deadline)
+    └── FirstTokenTimeout             504 code=upstream_timeout  (one attempt stalled)
 
 Errors the HTTP connection layer raises itself (408, 431, 503 at the connection cap) are
 written by ``api/http_protocol.py`` from the same classes, since no route runs for them.
@@ -38,11 +42,15 @@ written by ``api/http_protocol.py`` from the same classes, since no route runs f
 from __future__ import annotations
 
 __all__ = [
+    "BreakerOpen",
+    "BudgetExceeded",
     "ClientClosedRequest",
+    "ConcurrencyLimited",
     "ConfigError",
     "Conflict",
     "ContextLengthExceeded",
     "DeadlineExceeded",
+    "FirstTokenTimeout",
     "HeadersTooLarge",
     "InvalidRequest",
     "MethodNotAllowed",
@@ -63,6 +71,7 @@ __all__ = [
     "UnsupportedMediaType",
     "UnsupportedParameter",
     "UpstreamError",
+    "UpstreamUnhealthy",
     "WorkerCrashed",
 ]
 
@@ -213,6 +222,14 @@ class RateLimited(ShipwayError):
         self.headers = headers
 
 
+class BudgetExceeded(ShipwayError):
+    """A spend budget's hard limit is reached for its window; ``retry_after``: the window's end."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
 class HeadersTooLarge(ShipwayError):
     status = 431
     type = "invalid_request_error"
@@ -262,10 +279,32 @@ class WorkerCrashed(ModelUnavailable):
     code = "worker_crashed"
 
 
+class BreakerOpen(ModelUnavailable):
+    """The model's circuit breaker is open: failing fast without touching the backend;
+    ``retry_after``: the time until its next probe."""
+
+    code = "circuit_open"
+
+
+class UpstreamUnhealthy(ModelUnavailable):
+    """The upstream failed its background health checks and is out of rotation."""
+
+    code = "upstream_unhealthy"
+
+
 class TooManyConnections(ShipwayError):
     status = 503
     type = "service_unavailable"
     code = "too_many_connections"
+
+
+class ConcurrencyLimited(ShipwayError):
+    """The model's adaptive concurrency limit is full: its upstream has slowed down, so more
+    requests are not piled onto it (shed, or served by a fallback)."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "upstream_overloaded"
 
 
 class StoreUnavailable(ShipwayError):
@@ -280,3 +319,12 @@ class DeadlineExceeded(ShipwayError):
     status = 504
     type = "timeout"
     code = "timeout"
+
+
+class FirstTokenTimeout(ShipwayError):
+    """One attempt produced no output within ``timeouts.first_token_s``: unlike the request's
+    own deadline, this is the backend stalling, so it is retried or failed over."""
+
+    status = 504
+    type = "timeout"
+    code = "upstream_timeout"

@@ -13,7 +13,7 @@ import ipaddress
 import math
 import os
 import resource
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import structlog
@@ -29,20 +29,31 @@ from shipway.api.http_protocol import ConnectionLimits, protocol_class
 from shipway.api.middleware import RequestMiddleware
 from shipway.api.openai_routes import OpenAIRoutes
 from shipway.api.responses_routes import ResponsesRoutes
-from shipway.config import LlamaCppModel, OpenAIUpstreamModel, ShipwaySettings
+from shipway.backends.base import EmbedRequest
+from shipway.batches import BatchService
+from shipway.cache import ResponseCache
+from shipway.config import GenerationDefaults, LlamaCppModel, OpenAIUpstreamModel, ShipwaySettings
+from shipway.costs.attribution import CostLedger
+from shipway.costs.budget_setup import build_budgets
+from shipway.costs.routing import CostRouter
 from shipway.dashboard.routes import DashboardRoutes
+from shipway.engine.admission import Priority
 from shipway.engine.engine import Engine
 from shipway.errors import ConfigError
 from shipway.pipeline import Pipeline
+from shipway.pipeline.cost_stages import CostServices, CostStages
 from shipway.security.audit import AuditLog
 from shipway.security.guard_stage import Guards
 from shipway.security.key_service import build_key_service
 from shipway.security.rate_limit import RateLimiter
 from shipway.store import Database, build_counter
+from shipway.store.spend import SpendStore
 from shipway.telemetry.alerts import AlertEngine
+from shipway.telemetry.cost_anomaly import spend_history_span
 from shipway.telemetry.logging import AccessLog
 from shipway.telemetry.metrics import Metrics
 from shipway.telemetry.recent import RecentStats
+from shipway.telemetry.spend_history import SpendHistory
 from shipway.telemetry.tracing import Tracing
 
 __all__ = ["build_app", "preflight", "run"]
@@ -65,9 +76,44 @@ def build_app(settings: ShipwaySettings) -> Starlette:
     recent = RecentStats(settings.telemetry.history_s)
     recent.add_gauges(engine.gauges)
     metrics.watch_engine(engine.gauges, engine.worker_pids)
-    pipeline = Pipeline(engine, metrics, settings, limiter, guards, recent)
-    alerts = AlertEngine(settings.alerts, recent, os.environ, registry=metrics.registry)
+    spend_history = SpendHistory(spend_history_span(settings.alerts))
+    alerts = AlertEngine(
+        settings.alerts, recent, os.environ, registry=metrics.registry, spend=spend_history
+    )
+    spend = SpendStore(database)
+    ledger = CostLedger(spend)
+    budgets, budget_ledger = (
+        build_budgets(settings, spend, alerts.announce) if settings.budgets.rules else (None, None)
+    )
+    cost_services = CostServices(
+        cache=ResponseCache(
+            settings, redis_url=settings.redis_url, embed=_embedder(settings, engine)
+        ),
+        budgets=budgets,
+        router=CostRouter(
+            settings,
+            {alias: runner.capabilities for alias, runner in engine.runners.items()},
+            p95_latency=lambda alias, window_s: recent.window(window_s, alias).latency_quantile(
+                0.95
+            ),
+            available=lambda alias: engine.runners[alias].available,
+        )
+        if settings.routes
+        else None,
+        ledger=ledger,
+        spend_history=spend_history,
+    )
+    pipeline = Pipeline(
+        engine,
+        metrics,
+        settings,
+        limiter,
+        guards,
+        recent,
+        CostStages(settings, cost_services, metrics, _chat_defaults(settings)),
+    )
     access = RouteAccess(keys, public_metrics=settings.auth.public_metrics)
+    batches = BatchService(settings, database, pipeline, engine, keys)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -76,6 +122,11 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         await audit.start()
         await guards.start()
         await tracing.start()
+        await ledger.start()
+        if budget_ledger is not None:
+            await budget_ledger.start()
+        if cost_services.cache is not None:
+            await cost_services.cache.start()
         if not await keys.keys_exist():
             log.warning(
                 "NO API KEYS: every model is open to anyone who can reach this address; "
@@ -84,6 +135,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
                 host=settings.server.host,
             )
         await engine.start()
+        await batches.start()  # resumes the batches left running
         # Everything built so far lives as long as the process: move it out of the cyclic
         # GC's sight so full collections stop re-walking it under load. A request allocates
         # a few hundred containers; collecting the young generation every 20,000 instead of
@@ -102,25 +154,31 @@ def build_app(settings: ShipwaySettings) -> Starlette:
             log.info("shutting down: stopping workers")
             ticker.cancel()
             await alerts.stop()
+            await batches.stop()  # lines cut short stay pending, for the next start
             await engine.stop()
             await audit.stop()
+            await ledger.stop()
+            if budget_ledger is not None:
+                await budget_ledger.close()
+            if cost_services.cache is not None:
+                await cost_services.cache.close()
             await tracing.stop()
             await counter.close()
             await database.stop()
 
     owned_by = {alias: model.owned_by for alias, model in settings.models.items()}
-    defaults = {
-        alias: model.defaults
-        for alias, model in settings.models.items()
-        if isinstance(model, LlamaCppModel | OpenAIUpstreamModel)
-    }
+    owned_by.update({route: "shipway" for route in settings.routes})
+    defaults = _chat_defaults(settings)
     max_tokens_limits = {alias: model.max_tokens_limit for alias, model in settings.models.items()}
     routes = [
         *OpenAIRoutes(pipeline, owned_by, settings.server.max_messages, access, defaults).routes(),
         *CompletionRoutes(pipeline, access, defaults, max_tokens_limits).routes(),
         *ResponsesRoutes(pipeline, settings.server.max_messages, access, defaults).routes(),
         *HealthRoutes(engine, metrics, access).routes(),
-        *AdminRoutes(keys, access, audit).routes(),
+        *AdminRoutes(
+            keys, access, audit, spend=spend, currency=settings.telemetry.currency
+        ).routes(),
+        *batches.routes(),
     ]
     if settings.dashboard.enabled:
         dashboard = DashboardRoutes(
@@ -138,6 +196,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
             audit=audit,
             tracing=tracing,
             paths=frozenset(route.path for route in routes if "{" not in route.path),
+            body_limits=batches.body_limits(),
         ),
     ]
     app = Starlette(
@@ -155,6 +214,44 @@ def build_app(settings: ShipwaySettings) -> Starlette:
     app.state.recent = recent
     app.state.alerts = alerts
     return app
+
+
+def _chat_defaults(settings: ShipwaySettings) -> dict[str, GenerationDefaults]:
+    return {
+        alias: model.defaults
+        for alias, model in settings.models.items()
+        if isinstance(model, LlamaCppModel | OpenAIUpstreamModel)
+    }
+
+
+def _embedder(
+    settings: ShipwaySettings, engine: Engine
+) -> Callable[[list[str]], Awaitable[list[list[float]]]] | None:
+    """The semantic cache's "embed these texts", from the engine's embedding model."""
+    semantic = settings.cache.semantic or any(
+        model.cache.semantic for model in settings.models.values()
+    )
+    if not semantic:
+        return None
+    alias = settings.cache.embedding_model
+    runner = engine.runners.get(alias)
+    if runner is None or "embeddings" not in runner.capabilities:
+        raise ConfigError(
+            f"cache.embedding_model {alias!r} is not an embedding model under `models`; "
+            "the semantic cache needs one"
+        )
+
+    async def embed(texts: list[str]) -> list[list[float]]:
+        request = EmbedRequest(inputs=texts)
+        deadline = asyncio.get_running_loop().time() + runner.queue_settings.timeout_s
+        if runner.batcher is not None:
+            result = await runner.batcher.embed(request, Priority.HIGH, deadline)
+        else:
+            async with asyncio.timeout_at(deadline), runner.queue.lease(Priority.HIGH) as slot:
+                result = await slot.backend.embed(request)
+        return [list(map(float, row)) for row in result.vectors]
+
+    return embed
 
 
 async def _tick_every_second(recent: RecentStats) -> None:

@@ -119,3 +119,14 @@ def fake_upstream() -> Server:
         "/_last",
         ready_timeout_s=30,
     )
+
+
+def chaos_proxy(target: str, *flags: str, **rates: float) -> Server:
+    """``shipway chaos proxy`` in front of ``target``. Every fault rate is 0 unless given
+    (``error_rate=0.2``, ``stall_s=1``, ``seed=7`` …); ``flags`` go on the command line as is."""
+    options = {"error_rate": 0, "stall_rate": 0, "reset_rate": 0, "cut_rate": 0, **rates}
+    argv = [sys.executable, "-m", "shipway", "chaos", "proxy", "--target", target]
+    argv += ["--port", "{port}", "--report-s", "0", *flags]
+    for name, value in options.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    return Server(argv, "/_chaos/stats", ready_timeout_s=30)

@@ -250,6 +250,7 @@ def test_default_rules_and_replacing_one_by_name() -> None:
         "error_rate",
         "model_unavailable",
         "queue_saturation",
+        "cost_anomaly",
     ]
     settings = load_settings(None, {}).alerts
     assert [r.name for r in effective_rules(settings)] == names

@@ -2,8 +2,8 @@ from typing import Any
 
 import pytest
 
-from shipway.api.generation_defaults import apply_defaults
 from shipway.backends.base import ChatRequest
+from shipway.backends.generation_defaults import apply_defaults
 from shipway.config import GenerationDefaults
 
 MESSAGES = [{"role": "user", "content": "hi"}]

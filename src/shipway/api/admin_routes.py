@@ -5,6 +5,8 @@
     POST /admin/keys/{id}/revoke        stop a key (within auth.key_cache_s on every replica)
     POST /admin/keys/{id}/rotate        a new key with the same rights; {"grace_s": 60} keeps
                                         the old one working that long
+    GET  /admin/costs?by=team&since=7d  spend per team, key, model, tag or user (``until``
+                                        optional); a team's admin key sees its team only
 
 Every call is checked by ``RouteAccess`` (admin keys only) and by the key service's scope
 rules (no key can make a key with more rights than its own), and each change is audited.
@@ -24,11 +26,13 @@ from starlette.routing import Route
 from shipway.api.access import Access, RouteAccess
 from shipway.api.http_input import read_json
 from shipway.api.schemas import parse_body
+from shipway.costs.report import build_report, parse_dimension, parse_when
 from shipway.errors import InvalidRequest
 from shipway.security.audit import AuditLog
 from shipway.security.key_service import KeyService, KeySpec, key_view, parse_models
 from shipway.security.principal import Principal
 from shipway.store.keys import KeyRecord
+from shipway.store.spend import SpendStore
 
 __all__ = ["AdminRoutes"]
 
@@ -52,6 +56,7 @@ class CreateKeyBody(_Strict):
     rpm: _Positive | None = None
     tpm: _Positive | None = None
     max_tokens: _Positive | None = None
+    max_prompt_tokens: _Positive | None = None
     guards: _Guards | None = None
     expires_in_s: Annotated[float, Field(gt=0, le=10 * 365 * 86400)] | None = None
     admin: bool = False
@@ -66,14 +71,29 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 class AdminRoutes:
-    def __init__(self, keys: KeyService, access: RouteAccess, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        keys: KeyService,
+        access: RouteAccess,
+        audit: AuditLog,
+        spend: SpendStore | None = None,
+        currency: str = "USD",
+    ) -> None:
         self.keys = keys
         self.access = access
         self.audit = audit
+        self.spend = spend
+        self.currency = currency
 
     def routes(self) -> list[Route]:
         protect = self.access.protect
+        costs = (
+            []
+            if self.spend is None
+            else [Route("/admin/costs", protect(self.costs, Access.ADMIN), methods=["GET"])]
+        )
         return [
+            *costs,
             # One route for both methods, so a 405 there lists both in `Allow`.
             Route("/admin/keys", protect(self.keys_root, Access.ADMIN), methods=["GET", "POST"]),
             Route(
@@ -109,6 +129,7 @@ class AdminRoutes:
             rpm=body.rpm,
             tpm=body.tpm,
             max_tokens=body.max_tokens,
+            max_prompt_tokens=body.max_prompt_tokens,
             guards=None if body.guards is None else body.guards.model_dump(exclude_none=True),
             expires_at=expires,
             admin=body.admin,
@@ -134,6 +155,22 @@ class AdminRoutes:
         self._audit(request, actor, "admin.key.rotate", new, replaced=old.id)
         return _json({**key_view(new), "key": secret, "replaces": key_view(old)}, status=201)
 
+    async def costs(self, request: Request) -> Response:
+        assert self.spend is not None  # routed only with a store
+        query = request.query_params
+        now = datetime.now(UTC)
+        try:
+            by = parse_dimension(query.get("by", "team"), name="by")
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="by") from None
+        since = _when(query.get("since", "7d"), now, "since")
+        until = None if query.get("until") is None else _when(query["until"], now, "until")
+        if until is not None and until <= since:
+            raise InvalidRequest("until must be after since", param="until")
+        # A team's admin manages its team's keys only; it sees its team's spend only.
+        report = await build_report(self.spend, by, since, until, team=_actor(request).team)
+        return _json(report.to_json(self.currency))
+
     def _audit(
         self, request: Request, actor: Principal, kind: str, key: KeyRecord, **extra: Any
     ) -> None:
@@ -143,6 +180,13 @@ class AdminRoutes:
             request_id=request.scope["state"].get("request_id"),
             data={"key": key_view(key), **extra},
         )
+
+
+def _when(value: str, now: datetime, param: str) -> datetime:
+    try:
+        return parse_when(value, now, name=param)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param=param) from None
 
 
 def _actor(request: Request) -> Principal:

@@ -38,7 +38,6 @@ from shipway.api.completion_stream import (
     every_prompt,
     hold_first_output,
 )
-from shipway.api.generation_defaults import apply_defaults
 from shipway.api.http_input import ClientGone, read_json, unless_disconnected
 from shipway.api.route_support import (
     CLIENT_CLOSED,
@@ -51,6 +50,7 @@ from shipway.api.route_support import (
 )
 from shipway.api.schemas import CompletionBody, parse_body
 from shipway.backends.base import ChatRequest
+from shipway.backends.generation_defaults import apply_defaults
 from shipway.config import GenerationDefaults
 from shipway.errors import InvalidRequest, ShipwayError, UnsupportedParameter
 from shipway.pipeline import Call, Pipeline
@@ -90,7 +90,7 @@ class CompletionRoutes:
         # last: the prompt's own, or for a list one that gets their sums at the end.
         summary = prompts[0].call
         if len(prompts) > 1:
-            summary = new_call(request, _ENDPOINT, body.model, body.timeout)
+            summary = new_call(request, _ENDPOINT, body.model, body.timeout, raw)
         stamp: dict[str, Any] = {
             "id": f"cmpl-{summary.request_id}",
             "created": int(time.time()),
@@ -148,7 +148,7 @@ class CompletionRoutes:
         shaper = PromptShaper(
             text, echo=bool(body.echo), logprobs=body.logprobs is not None, first_index=i * _n(body)
         )
-        call = new_call(request, _ENDPOINT, body.model, body.timeout)
+        call = new_call(request, _ENDPOINT, body.model, body.timeout, raw)
         return PromptCall(call, chat, shaper, "prompt" if len(texts) == 1 else f"prompt[{i}]")
 
     async def _answer(self, prompt: PromptCall) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The one pure ASGI middleware in front of the routes.
 
 It gives every request an id (the client's ``x-request-id`` if sane) and echoes it, refuses
-bodies over the limit with 413 (by ``Content-Length``, or while reading a chunked body),
+bodies over the limit with 413 (by ``Content-Length``, or while reading a chunked body; a
+path may have its own limit, as file uploads do),
 counts every response by route and status (so requests refused before they reach a model
 show in the metrics too), writes one access-log line and one audit record per request
 (refused ones included: a 401 is what an audit wants to see), and turns any error that
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -45,12 +47,17 @@ class RequestMiddleware:
         paths: frozenset[str],
         audit: AuditLog,
         tracing: Tracing,
+        body_limits: Mapping[str, tuple[int, str]] | None = None,
     ) -> None:
+        """``body_limits``: paths whose bodies may be larger (or must be smaller) than
+        ``max_body_bytes``: the path's limit and the setting that sets it."""
         self.app = app
         self.audit = audit
         self.tracing = tracing
         self.access_log = access_log
         self.max_body_bytes = max_body_bytes
+        self._default_limit = (max_body_bytes, "server.max_body_bytes")
+        self._body_limits = dict(body_limits or {})
         self.log = structlog.get_logger("shipway.access")
         self._responses = metrics.http_responses
         self._paths = paths
@@ -88,14 +95,15 @@ class RequestMiddleware:
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
+        limit = self._body_limits.get(scope["path"], self._default_limit)
         try:
             if declared is not None and declared.isdigit():
-                if int(declared) > self.max_body_bytes:
-                    await error_response(self._too_large())(scope, receive, send_with_id)
+                if int(declared) > limit[0]:
+                    await error_response(_too_large(limit))(scope, receive, send_with_id)
                     return
                 await self.app(scope, receive, send_with_id)
             else:
-                await self.app(scope, self._counting(receive), send_with_id)
+                await self.app(scope, _counting(receive, limit), send_with_id)
         except Exception as exc:  # last resort: log it, answer 500, keep serving
             self.log.error(
                 "unhandled error", request_id=request_id, path=scope["path"], exc_info=exc
@@ -127,27 +135,6 @@ class RequestMiddleware:
         if counter is None:
             counter = self._counters[(path, status)] = self._responses.labels(path, str(status))
         counter.inc()
-
-    def _too_large(self) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"the request body is larger than the {self.max_body_bytes}-byte limit "
-            "(server.max_body_bytes)"
-        )
-
-    def _counting(self, receive: Receive) -> Receive:
-        """A chunked body has no declared length: count it as it arrives."""
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    raise self._too_large()
-            return message
-
-        return counting_receive
 
     def _log_access(
         self, access_log: AccessLog, scope: Scope, request_id: str, status: int, started: float
@@ -206,6 +193,28 @@ class RequestMiddleware:
             data=data,
             content=content,
         )
+
+
+def _too_large(limit: tuple[int, str]) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request body is larger than the {limit[0]}-byte limit ({limit[1]})"
+    )
+
+
+def _counting(receive: Receive, limit: tuple[int, str]) -> Receive:
+    """A chunked body has no declared length: count it as it arrives."""
+    seen = 0
+
+    async def counting_receive() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit[0]:
+                raise _too_large(limit)
+        return message
+
+    return counting_receive
 
 
 def _span_attributes(scope: Scope, request_id: str) -> dict[str, Any]:

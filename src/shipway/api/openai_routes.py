@@ -19,7 +19,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shipway.api.access import Access, Endpoint, RouteAccess
-from shipway.api.generation_defaults import apply_defaults
 from shipway.api.http_input import ClientGone, read_json, unless_disconnected
 from shipway.api.route_support import (
     CLIENT_CLOSED,
@@ -33,6 +32,7 @@ from shipway.api.route_support import (
 )
 from shipway.api.schemas import ChatCompletionBody, EmbeddingBody, parse_body
 from shipway.backends.base import ChatRequest, EmbedRequest
+from shipway.backends.generation_defaults import apply_defaults
 from shipway.config import GenerationDefaults
 from shipway.errors import InvalidRequest, ShipwayError
 from shipway.pipeline import Call, Pipeline
@@ -99,7 +99,7 @@ class OpenAIRoutes:
         defaults = self.defaults.get(body.model)
         if defaults is not None:
             chat = apply_defaults(chat, defaults, principal_of(request).max_tokens)
-        call = new_call(request, "chat.completions", body.model, body.timeout)
+        call = new_call(request, "chat.completions", body.model, body.timeout, raw)
         stamp = {
             "id": f"chatcmpl-{call.request_id}",
             "created": int(time.time()),
@@ -115,6 +115,7 @@ class OpenAIRoutes:
             return Response(status_code=CLIENT_CLOSED)
         if with_cost and isinstance(result.get("usage"), dict):
             result["usage"]["cost"] = self.pipeline.usage_cost(call.model, result["usage"])
+        stamp["model"] = call.model  # who answered: a route's or a budget fallback's choice
         result.update(stamp)
         result["object"] = "chat.completion"
         return json_response(result, headers=call.response_headers)
@@ -137,6 +138,7 @@ class OpenAIRoutes:
         except BaseException:
             await chunks.aclose()
             raise
+        stamp["model"] = call.model  # who answers: a route's or a budget fallback's choice
         return ClosingStream(
             _sse(
                 held,
@@ -155,7 +157,7 @@ class OpenAIRoutes:
         raw = await read_json(request)
         body = parse_body(EmbeddingBody, raw)
         inputs = _embedding_inputs(body.input)
-        call = new_call(request, "embeddings", body.model, body.timeout)
+        call = new_call(request, "embeddings", body.model, body.timeout, raw)
         embed = EmbedRequest(inputs=inputs, dimensions=body.dimensions, body=raw)
         try:
             result = await unless_disconnected(request, self.pipeline.embed(call, embed))
@@ -182,7 +184,7 @@ class OpenAIRoutes:
                     {"object": "embedding", "index": i, "embedding": row}
                     for i, row in enumerate(rows)
                 ],
-                "model": body.model,
+                "model": call.model,
                 "usage": usage,
             },
             headers=call.response_headers,

@@ -24,7 +24,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shipway.api.access import Access, Endpoint, RouteAccess
-from shipway.api.generation_defaults import apply_defaults
 from shipway.api.http_input import ClientGone, read_json, unless_disconnected
 from shipway.api.responses_body import ResponsesBody, echo_fields
 from shipway.api.responses_events import EventStream
@@ -43,6 +42,7 @@ from shipway.api.route_support import (
 )
 from shipway.api.schemas import parse_body
 from shipway.backends.base import ChatRequest
+from shipway.backends.generation_defaults import apply_defaults
 from shipway.config import GenerationDefaults
 from shipway.errors import InvalidRequest, ShipwayError
 from shipway.pipeline import Call, Pipeline
@@ -95,7 +95,7 @@ class ResponsesRoutes:
         body = parse_body(ResponsesBody, raw)
         translated = translate(body)
         chat = self._with_defaults(request, body.model, translated.chat)
-        call = new_call(request, "responses", body.model, body.timeout)
+        call = new_call(request, "responses", body.model, body.timeout, raw)
         head = ResponseHead(call.request_id, body.model, echo_fields(body, chat))
         sources = translated.sources
         with_cost = wants_cost(request)

@@ -18,7 +18,7 @@ import orjson
 
 from shipway.backends.base import ChatRequest, EmbedRequest, EmbedResult
 from shipway.config import OpenAIUpstreamModel
-from shipway.errors import DeadlineExceeded, InvalidRequest, UpstreamError
+from shipway.errors import InvalidRequest, UpstreamError
 
 __all__ = ["OpenAIHTTPBackend", "sse_lines"]
 
@@ -88,9 +88,12 @@ class OpenAIHTTPBackend:
         try:
             response = await self._session.post(self._url(path), data=data)
         except TimeoutError as exc:  # before OSError: TimeoutError is one
-            raise DeadlineExceeded(
+            # The upstream's fault, not the request's deadline: retried and failed over.
+            raise UpstreamError(
                 f"connecting to the upstream of {self.alias!r} at {self.settings.base_url} "
-                f"took over {self.settings.connect_timeout_s:g}s"
+                f"took over {self.settings.connect_timeout_s:g}s",
+                status=504,
+                kind="timeout",
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(

@@ -31,6 +31,8 @@ class Priority(IntEnum):
     HIGH = 0
     NORMAL = 1
     LOW = 2
+    # Batch job lines (shipway.batches): behind every interactive request.
+    BATCH = 3
 
 
 class Slot(Protocol):

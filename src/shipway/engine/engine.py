@@ -138,9 +138,14 @@ class ModelRunner:
     def ready(self) -> bool:
         return self.state in ("serving", "restarting")
 
+    @property
+    def available(self) -> bool:
+        """False when every worker fails to load the model (requests would only wait)."""
+        return not (self.workers and all(w.failed_loads > 0 for w in self.workers))
+
     def check_available(self) -> None:
         """Fail fast when no worker can load the model, rather than queue until the deadline."""
-        if self.workers and all(w.failed_loads > 0 for w in self.workers):
+        if not self.available:
             raise ModelUnavailable(
                 f"model {self.alias!r} cannot be served: its workers fail to load it "
                 f"({self.workers[0].last_error}); see GET /readyz",

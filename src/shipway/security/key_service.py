@@ -68,6 +68,7 @@ class KeySpec:
     rpm: int | None = None
     tpm: int | None = None
     max_tokens: int | None = None
+    max_prompt_tokens: int | None = None
     guards: dict[str, str] | None = None
     expires_at: datetime | None = None
     admin: bool = False
@@ -205,6 +206,7 @@ class KeyService:
                 rpm=spec.rpm,
                 tpm=spec.tpm,
                 max_tokens=spec.max_tokens,
+                max_prompt_tokens=spec.max_prompt_tokens,
                 guards=spec.guards,
                 admin=spec.admin,
                 created_by=None if actor is None else actor.key_id,
@@ -285,6 +287,7 @@ def _spec_of(key: KeyRecord, team: str | None) -> KeySpec:
         rpm=key.rpm,
         tpm=key.tpm,
         max_tokens=key.max_tokens,
+        max_prompt_tokens=key.max_prompt_tokens,
         guards=key.guards,
         expires_at=key.expires_at,
         admin=key.admin,
@@ -321,6 +324,9 @@ def _bounded_by(spec: KeySpec, actor: Principal) -> KeySpec:
         rpm=spec.rpm if spec.rpm is not None else actor.rpm,
         tpm=spec.tpm if spec.tpm is not None else actor.tpm,
         max_tokens=spec.max_tokens if spec.max_tokens is not None else actor.max_tokens,
+        max_prompt_tokens=spec.max_prompt_tokens
+        if spec.max_prompt_tokens is not None
+        else actor.max_prompt_tokens,
         guards=_inherited_guards(spec.guards, actor),
         expires_at=spec.expires_at if spec.expires_at is not None else actor.expires_at,
         admin=spec.admin,
@@ -347,7 +353,7 @@ def _check_within(spec: KeySpec, actor: Principal) -> None:
         problems.append(f"team must be {actor.team!r}")
     if actor.models is not None and (spec.models is None or not set(spec.models) <= actor.models):
         problems.append(f"models must be among {sorted(actor.models)}")
-    for field in ("rpm", "tpm", "max_tokens"):
+    for field in ("rpm", "tpm", "max_tokens", "max_prompt_tokens"):
         mine, theirs = getattr(actor, field), getattr(spec, field)
         if mine is not None and (theirs is None or theirs > mine):
             problems.append(f"{field} must be at most {mine}")
@@ -403,6 +409,7 @@ def key_view(key: KeyRecord) -> dict[str, Any]:
         "rpm": key.rpm,
         "tpm": key.tpm,
         "max_tokens": key.max_tokens,
+        "max_prompt_tokens": key.max_prompt_tokens,
         "guards": key.guards,
         "admin": key.admin,
         "created_by": key.created_by,

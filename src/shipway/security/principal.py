@@ -32,6 +32,8 @@ class Principal:
     team_rpm: int | None
     team_tpm: int | None
     max_tokens: int | None
+    max_prompt_tokens: int | None
+    """Largest prompt, in tokens, this key may send (None: the model's limit only)."""
     injection_policy: str | None
     """The key's own guard policies (None: the model's)."""
     pii_policy: str | None
@@ -57,6 +59,7 @@ class Principal:
             team_rpm=None if team is None else team.rpm,
             team_tpm=None if team is None else team.tpm,
             max_tokens=key.max_tokens,
+            max_prompt_tokens=key.max_prompt_tokens,
             injection_policy=guards.get("injection"),
             pii_policy=guards.get("pii"),
             admin=key.admin,
@@ -84,6 +87,7 @@ ANONYMOUS = Principal(
     team_rpm=None,
     team_tpm=None,
     max_tokens=None,
+    max_prompt_tokens=None,
     injection_policy=None,
     pii_policy=None,
     admin=False,  # the first key is made with `shipway keys create`, never over HTTP

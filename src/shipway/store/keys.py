@@ -41,6 +41,7 @@ class KeyRecord:
     rpm: int | None
     tpm: int | None
     max_tokens: int | None
+    max_prompt_tokens: int | None
     guards: dict[str, str] | None
     admin: bool
     created_by: int | None
@@ -66,6 +67,7 @@ def _key(row: ApiKeyRow) -> KeyRecord:
         rpm=row.rpm,
         tpm=row.tpm,
         max_tokens=row.max_tokens,
+        max_prompt_tokens=row.max_prompt_tokens,
         guards=None if row.guards is None else dict(row.guards),
         admin=row.admin,
         created_by=row.created_by,
@@ -86,6 +88,7 @@ async def create_key(
     rpm: int | None = None,
     tpm: int | None = None,
     max_tokens: int | None = None,
+    max_prompt_tokens: int | None = None,
     guards: Mapping[str, str] | None = None,
     admin: bool = False,
     created_by: int | None = None,
@@ -106,6 +109,7 @@ async def create_key(
         rpm=rpm,
         tpm=tpm,
         max_tokens=max_tokens,
+        max_prompt_tokens=max_prompt_tokens,
         guards=None if guards is None else dict(guards),
         admin=admin,
         created_by=created_by,

@@ -11,12 +11,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, MetaData, String, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Double,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    false,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["ApiKeyRow", "AuditRow", "Base", "TeamRow", "UTCDateTime", "utcnow"]
+__all__ = ["ApiKeyRow", "AuditRow", "Base", "CallCostRow", "TeamRow", "UTCDateTime", "utcnow"]
 
 # Named constraints, so a later migration can drop or alter them on both databases.
 NAMING = {
@@ -91,6 +101,8 @@ class ApiKeyRow(Base):
     tpm: Mapped[int | None]
     # Largest `max_tokens` this key may ask for (NULL: the model's limit only).
     max_tokens: Mapped[int | None]
+    # Largest prompt this key may send, in tokens (NULL: the model's limit only).
+    max_prompt_tokens: Mapped[int | None]
     # Guard policies that override the model's: {"injection": "block", "pii": "redact"}.
     guards: Mapped[dict[str, Any] | None]
     admin: Mapped[bool] = mapped_column(default=False, server_default=false())
@@ -114,3 +126,39 @@ class AuditRow(Base):
     data: Mapped[dict[str, Any]]
     prev_hmac: Mapped[str] = mapped_column(String(128))
     hmac: Mapped[str] = mapped_column(String(128))
+
+
+class CallCostRow(Base):
+    """One finished request's cost, for attribution reports and for seeding budgets.
+
+    Names (key, team) are copied, not only ids: a report must still say who spent what after
+    a key is revoked or a team renamed, and grouping by a column needs no join.
+    """
+
+    __tablename__ = "call_costs"
+
+    # SQLite numbers rows itself only for an INTEGER primary key.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    request_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(index=True)
+    key_id: Mapped[int | None]
+    key_name: Mapped[str | None] = mapped_column(String(200))
+    team: Mapped[str | None] = mapped_column(String(200))
+    user: Mapped[str | None] = mapped_column(String(256))
+    tags: Mapped[list[str] | None]
+    model_requested: Mapped[str] = mapped_column(String(128))
+    model_served: Mapped[str] = mapped_column(String(128))
+    prompt_tokens: Mapped[int]
+    completion_tokens: Mapped[int]
+    cost: Mapped[float] = mapped_column(Double())
+    # What a cache hit would have cost had it been served (0 for a miss).
+    saved: Mapped[float] = mapped_column(Double())
+    cached: Mapped[bool]
+    batch_id: Mapped[str | None] = mapped_column(String(64))
+
+
+# The batch jobs' tables live in their own module; imported here so that `Base.metadata`
+# (Alembic's env, the schema comparison test) always holds them.
+from shipway.store import batch_models as _batch_models  # noqa: E402, F401

@@ -9,6 +9,8 @@ own metrics, for teams that run Prometheus and Alertmanager over a fleet of repl
     model_unavailable  shipway_model_ready == 0
     queue_saturation   shipway_queue_depth over the model's queue.max_waiting (from the config)
     cost_rate          rate(shipway_cost_total) x 3600
+    cost_anomaly       left out: it is per team, and no metric carries a team label (one
+                       would multiply every series by the number of teams)
 
 Every expression keeps the `model` label (but for a total cost rule) and leaves out
 `model="(unknown)"`, the label of requests for models nobody serves.
@@ -23,6 +25,7 @@ import yaml
 
 from shipway.config import (
     AlertRule,
+    CostAnomalyRule,
     CostRateRule,
     ErrorRateRule,
     LatencyRule,
@@ -44,7 +47,7 @@ def prometheus_rules(settings: ShipwaySettings) -> dict[str, Any]:
     for rule in effective_rules(alerts) if alerts.enabled else []:
         expr = _expr(rule, settings)
         if expr is None:
-            continue  # e.g. queue saturation where no model has a queue
+            continue  # queue saturation where no model has a queue; cost anomaly (per team)
         entry: dict[str, Any] = {"alert": rule.name, "expr": expr}
         if rule.for_s:
             entry["for"] = _duration(rule.for_s)
@@ -83,6 +86,8 @@ def _expr(rule: AlertRule, settings: ShipwaySettings) -> str | None:
         by = "sum by (model)" if rule.per_model else "sum"
         spend = f"rate(shipway_cost_total{{{m}}}[{_duration(rule.window_s)}])"
         return f"{by} ({spend}) * 3600 > {rule.threshold_per_hour:g}"
+    if isinstance(rule, CostAnomalyRule):
+        return None  # per team: Shipway's metrics have no team label to compute it from
     limits: dict[int, list[str]] = {}
     for alias, model in settings.models.items():
         most = model.queue.resolve(settings.queue).max_waiting

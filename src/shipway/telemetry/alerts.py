@@ -1,6 +1,7 @@
 """The alert engine: evaluates the rules every `alerts.evaluation_interval_s`, in the process.
 
-Each (rule, model) is its own alert, moving
+Each (rule, model) is its own alert (each (rule, team, model) for `cost_anomaly`, read from
+the injected ``SpendHistory`` rather than ``RecentStats``), moving
 
     inactive ──condition holds──► pending ──held for `for_s`──► firing ──condition ends──► resolved
                                      └──────condition ends (no notification)──► inactive
@@ -23,13 +24,18 @@ from typing import Any, Literal
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
-from shipway.config import AlertRule, AlertSettings
+from shipway.config import AlertRule, AlertSettings, CostAnomalyRule
 from shipway.telemetry.alert_rules import Observation, effective_rules, longest_span, observe
 from shipway.telemetry.alert_windows import RollingSums, Windows
+from shipway.telemetry.cost_anomaly import observe_anomalies
 from shipway.telemetry.recent import RecentStats
+from shipway.telemetry.spend_history import SpendHistory
 from shipway.telemetry.webhooks import AlertEvent, Notifier, WebhookNotifier
 
 __all__ = ["AlertEngine"]
+
+# One alert per (rule name, team, model); team and model are None where a rule has none.
+_Key = tuple[str, str | None, str | None]
 
 
 @dataclass(slots=True)
@@ -39,6 +45,7 @@ class _Alert:
     pending_since: float
     last: Observation
     firing_since: float | None = None
+    team: str | None = None
 
     def event(self, status: Literal["firing", "resolved"], at: float) -> AlertEvent:
         return AlertEvent(
@@ -52,6 +59,7 @@ class _Alert:
             threshold=self.last.threshold,
             since=self.firing_since or at,
             at=at,
+            team=self.team,
         )
 
 
@@ -65,15 +73,17 @@ class AlertEngine:
         registry: CollectorRegistry | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
+        spend: SpendHistory | None = None,
     ) -> None:
         self.settings = settings
         self._rules = effective_rules(settings) if settings.enabled else []
         self._history_s = longest_span(self._rules)
         self._rolling: dict[float, RollingSums] = {}
         self._recent = recent
+        self._spend = spend
         self._notifier = notifier or WebhookNotifier(settings.webhooks, secrets)
         self._clock = clock
-        self._alerts: dict[tuple[str, str | None], _Alert] = {}
+        self._alerts: dict[_Key, _Alert] = {}
         self._task: asyncio.Task[None] | None = None
         self._log = structlog.get_logger("shipway.alerts")
         self._counter = (
@@ -115,11 +125,11 @@ class AlertEngine:
         now = self._clock()
         windows = Windows(self._recent, self._history_s, self._rolling)
         events: list[AlertEvent] = []
-        breaching: set[tuple[str, str | None]] = set()
-        observed: set[tuple[str, str | None]] = set()
+        breaching: set[_Key] = set()
+        observed: set[_Key] = set()
         for rule in self._rules:
-            for seen in observe(rule, windows):
-                key = (rule.name, seen.model)
+            for seen in self._observe(rule, windows):
+                key = (rule.name, seen.team, seen.model)
                 observed.add(key)
                 alert = self._alerts.get(key)
                 if alert is not None:
@@ -128,14 +138,15 @@ class AlertEngine:
                     continue
                 breaching.add(key)
                 if alert is None:
-                    alert = self._alerts[key] = _Alert(rule, seen.model, now, seen)
+                    alert = self._alerts[key] = _Alert(rule, seen.model, now, seen, team=seen.team)
                 if alert.firing_since is None and now - alert.pending_since >= rule.for_s:
                     alert.firing_since = now
                     events.append(alert.event("firing", now))
         for key in [k for k in self._alerts if k not in breaching]:
             alert = self._alerts.pop(key)
             if key not in observed:  # e.g. no calls left in the window
-                gone = f"{alert.rule.name}: nothing left to observe for {alert.model or 'all'}"
+                who = f"team {alert.team} on " if alert.team else ""
+                gone = f"{alert.rule.name}: nothing left to observe for {who}{alert.model or 'all'}"
                 alert.last = replace(alert.last, summary=gone)
             if alert.firing_since is not None:
                 events.append(alert.event("resolved", now))
@@ -143,12 +154,23 @@ class AlertEngine:
             self._announce(event)
         return events
 
+    def _observe(self, rule: AlertRule, windows: Windows) -> list[Observation]:
+        if isinstance(rule, CostAnomalyRule):
+            return [] if self._spend is None else observe_anomalies(rule, self._spend)
+        return observe(rule, windows)
+
+    def announce(self, event: AlertEvent) -> None:
+        """Log, count and notify one event raised outside the rules (a budget's soft limit)."""
+        self._announce(event)
+
     def _announce(self, event: AlertEvent) -> None:
         log = self._log.warning if event.status == "firing" else self._log.info
+        team = {} if event.team is None else {"team": event.team}
         log(
             f"alert {event.status}",
             rule=event.rule,
             severity=event.severity,
+            **team,
             model=event.model,
             value=event.value,
             threshold=event.threshold,
@@ -161,12 +183,13 @@ class AlertEngine:
     def firing(self) -> list[dict[str, Any]]:
         """Alerts firing now, oldest first (what the dashboard shows)."""
         firing = [a for a in self._alerts.values() if a.firing_since is not None]
-        firing.sort(key=lambda a: (a.firing_since or 0.0, a.rule.name, a.model or ""))
+        firing.sort(key=lambda a: (a.firing_since or 0.0, a.rule.name, a.team or "", a.model or ""))
         return [
             {
                 "rule": a.rule.name,
                 "kind": a.rule.kind,
                 "severity": a.rule.severity,
+                "team": a.team,
                 "model": a.model,
                 "since": a.firing_since,
                 "summary": a.last.summary,

@@ -132,6 +132,25 @@ class Metrics:
             buckets=_UNCERTAINTY_BUCKETS,
             registry=r,
         )
+        self.cache_requests = Counter(
+            "shipway_cache_requests_total",
+            "Chat requests by response-cache result: hit (exact or semantic), miss (looked up, "
+            "not found), bypass (not cacheable, or the client asked to skip the cache).",
+            ["model", "result"],
+            registry=r,
+        )
+        self.cache_saved = Counter(
+            "shipway_cache_saved",
+            "What cache hits saved: the original calls' cost, in telemetry.currency.",
+            ["model"],
+            registry=r,
+        )
+        self.budget_rejections = Counter(
+            "shipway_budget_exceeded_total",
+            "Requests a hard budget limit refused or sent to its fallback model.",
+            ["budget", "action"],
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "shipway_upstream_errors_total",
             "Upstream calls that failed, by kind (unreachable, broken, rejected, rate_limited, "

@@ -44,9 +44,14 @@ class AlertEvent:
     threshold: float
     since: float
     at: float
+    team: str | None = None  # per-team rules only (cost_anomaly)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fingerprint": f"{self.rule}/{self.model or '*'}"}
+        out = asdict(self)
+        if self.team is None:  # the payload of a rule without teams stays as it was
+            del out["team"]
+            return {**out, "fingerprint": f"{self.rule}/{self.model or '*'}"}
+        return {**out, "fingerprint": f"{self.rule}/{self.team}/{self.model or '*'}"}
 
 
 class Notifier(Protocol):
@@ -61,7 +66,8 @@ def json_payload(event: AlertEvent, instance: str) -> dict[str, Any]:
 
 def slack_payload(event: AlertEvent, instance: str) -> dict[str, Any]:
     head = f"[{event.status.upper()}] {event.rule}"
-    where = f" · model {event.model}" if event.model else ""
+    where = f" · team {event.team}" if event.team else ""
+    where += f" · model {event.model}" if event.model else ""
     text = f"{head} ({event.severity}{where}, {instance}): {event.summary}"
     detail = f"*{_esc(head)}* · {event.severity}{_esc(where)} · {_esc(instance)}\n"
     block = {"type": "section", "text": {"type": "mrkdwn", "text": detail + _esc(event.summary)}}

@@ -1,10 +1,12 @@
 """The request path, as one ordered list of stages.
 
     (authenticate: api/access.py, before the Call exists)
-    route (model exists, principal may use it) → input limits (max_tokens cap, control
+    choose route (a named route → its cheapest fitting model) → route (model exists,
+    principal may use it) → input limits (max_tokens cap, prompt-size caps, control
     characters) → rate-limit (reserve requests and tokens) → guard (injection, PII) →
+    cache lookup (a hit answers now) → budget (reserve the maximum cost, or fall back) →
     admit (queue, priority, deadline) → dispatch (backend) → restore (PII placeholders) →
-    account (metrics, settle the token reservation from real usage)
+    cache store → account (metrics, settle tokens and budget from real usage, attribution)
 
 Every request is one ``Call`` that flows through the stages. Each stage is a small function
 over the ``Call``; their logic lives in their own packages (``security/`` …) and the
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shipway.backends.base import MEAN_LOGPROB, Backend, ChatRequest, EmbedRequest, EmbedResult
+from shipway.cache.stream_replay import StreamAssembler, replay_chunks
 from shipway.config import ShipwaySettings
 from shipway.engine.admission import Priority
 from shipway.engine.engine import Engine, ModelRunner
@@ -39,6 +42,7 @@ from shipway.errors import (
     ShipwayError,
     UpstreamError,
 )
+from shipway.pipeline.cost_stages import NO_BUDGET, Budget, CostStages
 from shipway.security.guard_stage import ChatGuarding, ChatStreamRestorer, Guards
 from shipway.security.input_limits import (
     capped_max_tokens,
@@ -113,6 +117,19 @@ class Call:
     """Mean log-probability of the answer's tokens, where the backend gives it."""
     trace: RequestTrace | None = None
     """The request's trace; stages record spans on it when it is exported."""
+    requested_model: str | None = None
+    """What the client named when another model serves (a route, a budget's fallback)."""
+    user: str | None = None
+    """The body's ``user`` field, for attribution."""
+    tags: tuple[str, ...] = ()
+    """``metadata.tags`` and the tags header, for budgets and attribution."""
+    cache: str | None = None
+    """The response cache's verdict: ``hit``, ``miss`` or ``bypass`` (None: not a chat)."""
+    saved: float = 0.0
+    """What a cache hit saved: the original call's cost."""
+    batch_id: str | None = None
+    prompt_estimate: int = 0
+    """The prompt's tokens estimated before dispatch (4 characters a token)."""
 
     def timings_ms(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -134,8 +151,10 @@ class Pipeline:
         limiter: RateLimiter,
         guards: Guards,
         recent: RecentStats,
+        costs: CostStages,
     ) -> None:
         self.engine = engine
+        self.costs = costs
         self.metrics = metrics
         self.recent = recent
         self._prices = {alias: model.price for alias, model in settings.models.items()}
@@ -162,6 +181,8 @@ class Pipeline:
 
     def _route(self, call: Call, capability: str) -> ModelRunner:
         principal = call.principal
+        if self.costs.is_route(call.model) and call.requested_model is None:
+            self.costs.choose_route(call, None, capability)
         if call.model in self.engine.runners and not principal.may_use(call.model):
             raise PermissionDenied(
                 f"your key may not use model {call.model!r}; GET /v1/models lists the ones it may",
@@ -177,6 +198,7 @@ class Pipeline:
                 code="model_not_supported",
             )
         runner.check_available()
+        call.response_headers["x-shipway-served-by"] = call.model
         limits = runner.queue_settings
         requested = call.requested_timeout_s
         if requested is not None and requested > limits.max_timeout_s:
@@ -218,11 +240,10 @@ class Pipeline:
             m.prompt_tokens.inc(call.prompt_tokens)
         if call.completion_tokens:
             m.completion_tokens.inc(call.completion_tokens)
-        price = self._prices.get(call.model)
-        if price is not None and (call.prompt_tokens or call.completion_tokens):
-            call.cost = price.cost(call.prompt_tokens, call.completion_tokens)
-            if call.cost:
-                m.cost.inc(call.cost)
+        call.cost = self.costs.price(call)
+        if call.cost:
+            m.cost.inc(call.cost)
+        self.costs.record(call)
         if call.admitted_at is not None:
             m.inference.observe(call.finished_at - call.admitted_at)
             if call.completion_tokens:
@@ -269,10 +290,14 @@ class Pipeline:
         }
 
     def _chat_input(self, call: Call, request: ChatRequest) -> ChatRequest:
-        """The input-limits stage: control characters, then the max_tokens cap."""
+        """The input-limits stage: control characters, the prompt-size caps, the max_tokens
+        cap."""
         check_control_characters(
             (f"messages[{index}].content", text) for index, text in message_texts(request.messages)
         )
+        chars = _chars(request.messages)
+        call.prompt_estimate = -(-chars // 4)
+        self.costs.check_prompt(call, chars)
         return capped_max_tokens(
             request, self._max_tokens.get(call.model), call.principal.max_tokens, call.model
         )
@@ -332,6 +357,7 @@ class Pipeline:
     ) -> dict[str, Any]:
         """The answer; ``dispatch``: how to reach the backend when not as a chat completion."""
         with self._accounted(call):
+            request = self._choose(call, request)
             runner = self._route(call, "chat")
             request = self._chat_input(call, request)
             with _stage(call, "rate_limit"):
@@ -339,9 +365,23 @@ class Pipeline:
                     call, _chars(request.messages), request.max_tokens, _choices(request)
                 )
             answered = False
+            budget: Budget = NO_BUDGET
             try:
                 with _stage(call, "guard"):
                     guarding = await self._guard_chat(call, request)
+                key = None if dispatch is not None else self.costs.cache_key(call, request)
+                if key is not None:
+                    with _stage(call, "cache"):
+                        cached = await self.costs.cache_lookup(call, key)
+                    if cached is not None:
+                        self._keep_content(call, request, cached)
+                        return cached
+                if self.costs.budgets_on:
+                    model = call.model
+                    with _stage(call, "budget"):
+                        budget = await self.costs.reserve_budget(call, call.reserved_tokens)
+                    if call.model != model:  # the budget's fallback serves
+                        runner = self._route(call, "chat")
                 async with _deadline(call):
                     queued = time.time_ns()
                     async with runner.queue.lease(call.priority) as slot:
@@ -357,17 +397,27 @@ class Pipeline:
                 answered = True
                 self._usage(call, result)
                 result = guarding.restore_result(result)
-                if self.keep_content:
-                    call.audit_content = {
-                        "messages": request.messages,
-                        # a chat choice's message, or a text completion's text (upstream)
-                        "choices": [
-                            c.get("message", c.get("text")) for c in result.get("choices") or ()
-                        ],
-                    }
+                if key is not None:
+                    await self.costs.cache_store(call, key, result)
+                self._keep_content(call, request, result)
                 return result
             finally:
                 await admission.settle(self._used_tokens(call, answered))
+                await budget.settle(self.costs.price(call))
+
+    def _choose(self, call: Call, request: ChatRequest) -> ChatRequest:
+        """A named route's model (and its generation defaults) for this request."""
+        if self.costs.is_route(call.model):
+            return self.costs.choose_route(call, request, "chat")  # type: ignore[no-any-return]
+        return request
+
+    def _keep_content(self, call: Call, request: ChatRequest, result: dict[str, Any]) -> None:
+        if self.keep_content:
+            call.audit_content = {
+                "messages": request.messages,
+                # a chat choice's message, or a text completion's text (upstream)
+                "choices": [c.get("message", c.get("text")) for c in result.get("choices") or ()],
+            }
 
     async def embed(self, call: Call, request: EmbedRequest) -> EmbedResult:
         with self._accounted(call):
@@ -375,14 +425,24 @@ class Pipeline:
             check_control_characters(
                 (f"input[{index}]", text) for index, text in enumerate(request.inputs)
             )
+            chars = sum(map(len, request.inputs))
+            call.prompt_estimate = -(-chars // 4)
+            self.costs.check_prompt(call, chars)
             with _stage(call, "rate_limit"):
-                admission = await self._admit(call, sum(map(len, request.inputs)), 0)
+                admission = await self._admit(call, chars, 0)
             answered = False
+            budget: Budget = NO_BUDGET
             try:
                 with _stage(call, "guard"):
                     guarded = await self.guards.check_embed(
                         call.model, call.principal, request, log=call.log_fields
                     )
+                if self.costs.budgets_on:
+                    model = call.model
+                    with _stage(call, "budget"):
+                        budget = await self.costs.reserve_budget(call, call.prompt_estimate)
+                    if call.model != model:
+                        runner = self._route(call, "embeddings")
                 async with _deadline(call):
                     with _stage(call, f"embeddings {call.model}", _genai(call)) as attrs:
                         if runner.batcher is not None:
@@ -402,6 +462,7 @@ class Pipeline:
                 return result
             finally:
                 await admission.settle(self._used_tokens(call, answered))
+                await budget.settle(self.costs.price(call))
 
     async def stream(
         self, call: Call, request: ChatRequest, dispatch: StreamDispatch | None = None
@@ -414,22 +475,45 @@ class Pipeline:
         Closing this generator (client gone) cancels the backend if it is still running.
         """
         with self._accounted(call):
+            request = self._choose(call, request)
             runner = self._route(call, "chat")
             request = self._chat_input(call, request)
             with _stage(call, "rate_limit"):
                 admission = await self._admit(
                     call, _chars(request.messages), request.max_tokens, _choices(request)
                 )
+            budget: Budget = NO_BUDGET
             try:
                 with _stage(call, "guard"):
                     guarding = await self._guard_chat(call, request)
-                async with _deadline(call):
-                    queued = time.time_ns()
-                    lease = runner.queue.lease(call.priority)
-                    slot = await lease.__aenter__()
+                key = None if dispatch is not None else self.costs.cache_key(call, request)
+                cached = None
+                if key is not None:
+                    with _stage(call, "cache"):
+                        cached = await self.costs.cache_lookup(call, key)
+                if cached is None and self.costs.budgets_on:
+                    model = call.model
+                    with _stage(call, "budget"):
+                        budget = await self.costs.reserve_budget(call, call.reserved_tokens)
+                    if call.model != model:  # the budget's fallback serves
+                        runner = self._route(call, "chat")
+                if cached is None:
+                    async with _deadline(call):
+                        queued = time.time_ns()
+                        lease = runner.queue.lease(call.priority)
+                        slot = await lease.__aenter__()
             except BaseException:
                 await admission.settle(0)
+                await budget.settle(0)
                 raise
+            if cached is not None:  # a hit: replayed as the stream it was, no slot held
+                await admission.settle(0)
+                self._keep_content(call, request, cached)
+                for chunk in replay_chunks(cached, include_usage=True):
+                    if call.first_chunk_at is None and carries_output(chunk):
+                        call.first_chunk_at = time.perf_counter()
+                    yield chunk
+                return
             call.admitted_at = time.perf_counter()
             _record(call, "queue", queued)
             buffer: asyncio.Queue[Any] = asyncio.Queue(_BUFFERED_CHUNKS)
@@ -442,9 +526,10 @@ class Pipeline:
                     if dispatch is None
                     else dispatch(slot.backend, guarding),
                     guarding.request,
-                    _Release(lease, admission),
+                    _Release(lease, admission, budget),
                     guarding.stream_restorer(),
                     buffer,
+                    None if key is None else (key, StreamAssembler(choices=_choices(request))),
                 )
             )
             try:
@@ -466,6 +551,7 @@ class Pipeline:
         release: _Release,
         restorer: ChatStreamRestorer,
         buffer: asyncio.Queue[Any],
+        caching: tuple[Any, StreamAssembler] | None,
     ) -> None:
         started, attrs = time.time_ns(), _genai(call, request)
         try:
@@ -480,13 +566,19 @@ class Pipeline:
                     chunk = restorer.feed_chunk(chunk)
                     if call.audit_content is not None:
                         _keep_answer(call.audit_content, chunk)
+                    if caching is not None:
+                        caching[1].feed(chunk)
                     await buffer.put(chunk)
                     if attrs is not None:
                         _genai_result(attrs, chunk)
             tail = restorer.flush()
             if tail is not None:
+                if caching is not None:
+                    caching[1].feed(tail)
                 await buffer.put(tail)
             await buffer.put(_END)
+            if caching is not None and (whole := caching[1].completion()) is not None:
+                await self.costs.cache_store(call, caching[0], whole)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             if attrs is not None:
                 attrs["error.type"] = getattr(exc, "code", None) or type(exc).__name__
@@ -497,6 +589,7 @@ class Pipeline:
             await release.lease.__aexit__(None, None, None)
             answered = call.first_chunk_at is not None
             await release.admission.settle(self._used_tokens(call, answered))
+            await release.budget.settle(self.costs.price(call))
 
 
 @dataclass(slots=True)
@@ -505,6 +598,7 @@ class _Release:
 
     lease: Any
     admission: Admission
+    budget: Budget
 
 
 def _per_output_token(call: Call) -> float:

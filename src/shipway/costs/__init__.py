@@ -1,0 +1,1 @@
+"""Prices, token budgets, spend attribution and cost-aware routing."""
