@@ -42,6 +42,7 @@ from shipway.engine.engine import Engine
 from shipway.errors import ConfigError
 from shipway.pipeline import Pipeline
 from shipway.pipeline.cost_stages import CostServices, CostStages
+from shipway.resilience.policies import Resilience
 from shipway.security.audit import AuditLog
 from shipway.security.guard_stage import Guards
 from shipway.security.key_service import build_key_service
@@ -76,6 +77,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
     recent = RecentStats(settings.telemetry.history_s)
     recent.add_gauges(engine.gauges)
     metrics.watch_engine(engine.gauges, engine.worker_pids)
+    resilience = Resilience(settings, metrics, os.environ)
     spend_history = SpendHistory(spend_history_span(settings.alerts))
     alerts = AlertEngine(
         settings.alerts, recent, os.environ, registry=metrics.registry, spend=spend_history
@@ -111,6 +113,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         guards,
         recent,
         CostStages(settings, cost_services, metrics, _chat_defaults(settings)),
+        resilience,
     )
     access = RouteAccess(keys, public_metrics=settings.auth.public_metrics)
     batches = BatchService(settings, database, pipeline, engine, keys)
@@ -135,6 +138,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
                 host=settings.server.host,
             )
         await engine.start()
+        await resilience.start()
         await batches.start()  # resumes the batches left running
         # Everything built so far lives as long as the process: move it out of the cyclic
         # GC's sight so full collections stop re-walking it under load. A request allocates
@@ -155,6 +159,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
             ticker.cancel()
             await alerts.stop()
             await batches.stop()  # lines cut short stay pending, for the next start
+            await resilience.stop()
             await engine.stop()
             await audit.stop()
             await ledger.stop()
@@ -174,7 +179,7 @@ def build_app(settings: ShipwaySettings) -> Starlette:
         *OpenAIRoutes(pipeline, owned_by, settings.server.max_messages, access, defaults).routes(),
         *CompletionRoutes(pipeline, access, defaults, max_tokens_limits).routes(),
         *ResponsesRoutes(pipeline, settings.server.max_messages, access, defaults).routes(),
-        *HealthRoutes(engine, metrics, access).routes(),
+        *HealthRoutes(engine, metrics, access, resilience.snapshot).routes(),
         *AdminRoutes(
             keys, access, audit, spend=spend, currency=settings.telemetry.currency
         ).routes(),

@@ -24,6 +24,9 @@ def queue_server() -> Iterator[Server]:
     srv = shipway_server(
         {
             "embedded_models": True,
+            # The same temperature-0 request runs again and again here: it must reach the
+            # worker each time, not the response cache.
+            "cache": {"exact": "off"},
             "models": {
                 CHAT: {
                     "backend": "llamacpp",

@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from tests.support.servers import Server, free_port, shipway_server
+from tests.support.servers import SINGLE_ATTEMPT, Server, free_port, shipway_server
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +19,9 @@ def gateway(upstream: Server) -> Iterator[Server]:
     srv = shipway_server(
         {
             "embedded_models": False,
+            # One attempt per request, no breaker: these tests map each fault to its status.
+            # Retries, breakers and fallbacks are tested in test_resilience.py.
+            "resilience": SINGLE_ATTEMPT,
             "models": {
                 "up": up("echo", api_key_env="FAKE_UPSTREAM_KEY"),
                 "up-400": up("fail-400"),

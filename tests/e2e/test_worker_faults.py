@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.e2e.conftest import CHAT
-from tests.support.servers import Server, shipway_server
+from tests.support.servers import SINGLE_ATTEMPT, Server, shipway_server
 
 LONG = {
     "model": CHAT,
@@ -26,6 +26,8 @@ def fault_server() -> Iterator[Server]:
     srv = shipway_server(
         {
             "embedded_models": True,
+            # A crash's own status, not the retry that rides it out (test_resilience.py).
+            "resilience": SINGLE_ATTEMPT,
             "workers": {"cancel_grace_s": 1.0, "restart_backoff_s": 0.1},
             "models": {CHAT: {"backend": "llamacpp", "workers": 1, "threads": 2}},
         }

@@ -92,6 +92,15 @@ class Server:
         self._dir.cleanup()
 
 
+# Resilience off: one attempt per request, no breaker, no health probes. For tests of what a
+# single fault becomes (its status, its metric), not of how Shipway rides it out.
+SINGLE_ATTEMPT: dict[str, Any] = {
+    "retries": {"max_retries": 0},
+    "breaker": {"enabled": False},
+    "health_check": {"enabled": False},
+}
+
+
 def shipway_server(
     config: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,

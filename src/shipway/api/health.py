@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,10 +18,18 @@ __all__ = ["HealthRoutes"]
 
 
 class HealthRoutes:
-    def __init__(self, engine: Engine, metrics: Metrics, access: RouteAccess) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        access: RouteAccess,
+        resilience: Callable[[str], dict[str, Any]] | None = None,
+    ) -> None:
+        """``resilience(alias)``: the model's breaker, health checks and limits for /readyz."""
         self.engine = engine
         self.metrics = metrics
         self.access = access
+        self.resilience = resilience
 
     def routes(self) -> list[Route]:
         return [
@@ -38,7 +49,11 @@ class HealthRoutes:
         ready = self.engine.ready
         body: dict[str, object] = {"ready": ready}
         if await self.access.is_admin_or_open(request):
-            body["models"] = self.engine.status()
+            models = self.engine.status()
+            if self.resilience is not None:
+                for alias, detail in models.items():
+                    detail["resilience"] = self.resilience(alias)
+            body["models"] = models
         return Response(
             orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json"
         )

@@ -142,19 +142,24 @@ def replay_chunks(completion: Mapping[str, Any], *, include_usage: bool) -> list
         index, message = choice["index"], choice["message"]
         content, refusal = message.get("content"), message.get("refusal")
         logprobs = choice.get("logprobs")
-        emit(index, {"role": "assistant", "content": "" if content is not None else None})
+        calls = message.get("tool_calls") or ()
+        # As a live stream does: a tool-call-only answer opens with its role on the first
+        # call's head; otherwise with the role and empty content.
+        role: dict[str, Any] = {"role": "assistant", "content": "" if content is not None else None}
+        if content is not None or refusal is not None or not calls:
+            emit(index, role)
+            role = {}
         if content:
             emit(index, {"content": content}, logprobs=logprobs)
             logprobs = None
         if refusal is not None:
             emit(index, {"refusal": refusal})
-        for position, call in enumerate(message.get("tool_calls") or ()):
+        for position, call in enumerate(calls):
             function = call["function"]
             head = {"index": position, "id": call["id"], "type": "function"}
-            emit(
-                index,
-                {"tool_calls": [{**head, "function": {"name": function["name"], "arguments": ""}}]},
-            )
+            opening = {"name": function["name"], "arguments": ""}
+            emit(index, {**role, "tool_calls": [{**head, "function": opening}]})
+            role = {}
             if function["arguments"]:
                 piece = {"index": position, "function": {"arguments": function["arguments"]}}
                 emit(index, {"tool_calls": [piece]})

@@ -42,7 +42,10 @@ from shipway.errors import (
     ShipwayError,
     UpstreamError,
 )
+from shipway.pipeline.attempts import Attempts, Degraded, OpenStream
+from shipway.pipeline.chunks import carries_output
 from shipway.pipeline.cost_stages import NO_BUDGET, Budget, CostStages
+from shipway.resilience.policies import Resilience
 from shipway.security.guard_stage import ChatGuarding, ChatStreamRestorer, Guards
 from shipway.security.input_limits import (
     capped_max_tokens,
@@ -68,18 +71,6 @@ _END = object()
 # Responses way (input_tokens / output_tokens, in the final event's response).
 Dispatch = Callable[[Backend, ChatGuarding], Awaitable[dict[str, Any]]]
 StreamDispatch = Callable[[Backend, ChatGuarding], AsyncGenerator[dict[str, Any], None]]
-# Responses stream events that carry output, for the stream's hold and its first-token time.
-_RESPONSES_OUTPUT = frozenset(
-    {
-        "response.output_text.delta",
-        "response.refusal.delta",
-        "response.function_call_arguments.delta",
-        "response.output_item.done",
-        "response.completed",
-        "response.incomplete",
-        "response.failed",
-    }
-)
 
 
 @dataclass(slots=True)
@@ -152,9 +143,11 @@ class Pipeline:
         guards: Guards,
         recent: RecentStats,
         costs: CostStages,
+        resilience: Resilience,
     ) -> None:
         self.engine = engine
         self.costs = costs
+        self.attempts = Attempts(engine, resilience)
         self.metrics = metrics
         self.recent = recent
         self._prices = {alias: model.price for alias, model in settings.models.items()}
@@ -179,7 +172,8 @@ class Pipeline:
             )
         return runner
 
-    def _route(self, call: Call, capability: str) -> ModelRunner:
+    def _route(self, call: Call, capability: str, available: bool = True) -> ModelRunner:
+        """``available=False``: the dispatch stage checks it (and falls back)."""
         principal = call.principal
         if self.costs.is_route(call.model) and call.requested_model is None:
             self.costs.choose_route(call, None, capability)
@@ -197,7 +191,8 @@ class Pipeline:
                 param="model",
                 code="model_not_supported",
             )
-        runner.check_available()
+        if available:
+            runner.check_available()
         call.response_headers["x-shipway-served-by"] = call.model
         limits = runner.queue_settings
         requested = call.requested_timeout_s
@@ -358,7 +353,7 @@ class Pipeline:
         """The answer; ``dispatch``: how to reach the backend when not as a chat completion."""
         with self._accounted(call):
             request = self._choose(call, request)
-            runner = self._route(call, "chat")
+            self._route(call, "chat", available=False)  # the attempts lease the slots
             request = self._chat_input(call, request)
             with _stage(call, "rate_limit"):
                 admission = await self._admit(
@@ -381,19 +376,20 @@ class Pipeline:
                     with _stage(call, "budget"):
                         budget = await self.costs.reserve_budget(call, call.reserved_tokens)
                     if call.model != model:  # the budget's fallback serves
-                        runner = self._route(call, "chat")
-                async with _deadline(call):
-                    queued = time.time_ns()
-                    async with runner.queue.lease(call.priority) as slot:
-                        call.admitted_at = time.perf_counter()
-                        _record(call, "queue", queued)
+                        self._route(call, "chat", available=False)  # the attempts lease the slots
+                try:
+                    async with _deadline(call):
                         with _stage(call, f"chat {call.model}", _genai(call, request)) as attrs:
-                            if dispatch is None:
-                                result = await slot.backend.chat(guarding.request)
-                            else:
-                                result = await dispatch(slot.backend, guarding)
+                            result = await self.attempts.plain(
+                                call,
+                                (lambda backend: backend.chat(guarding.request))
+                                if dispatch is None
+                                else (lambda backend: dispatch(backend, guarding)),
+                            )
                             if attrs is not None:
                                 _genai_result(attrs, result)
+                except Degraded as degraded:
+                    return self._degraded(call, degraded)
                 answered = True
                 self._usage(call, result)
                 result = guarding.restore_result(result)
@@ -410,6 +406,27 @@ class Pipeline:
         if self.costs.is_route(call.model):
             return self.costs.choose_route(call, request, "chat")  # type: ignore[no-any-return]
         return request
+
+    def _degraded(self, call: Call, degraded: Degraded) -> dict[str, Any]:
+        """Every option failed: the model's degraded reply, marked as such."""
+        call.response_headers["x-shipway-degraded"] = "true"
+        call.log_fields["degraded"] = True
+        self.metrics.degraded.labels(degraded.model).inc()
+        return {
+            "id": f"chatcmpl-{call.request_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": call.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": degraded.reply},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
 
     def _keep_content(self, call: Call, request: ChatRequest, result: dict[str, Any]) -> None:
         if self.keep_content:
@@ -476,7 +493,7 @@ class Pipeline:
         """
         with self._accounted(call):
             request = self._choose(call, request)
-            runner = self._route(call, "chat")
+            self._route(call, "chat", available=False)  # the attempts lease the slots
             request = self._chat_input(call, request)
             with _stage(call, "rate_limit"):
                 admission = await self._admit(
@@ -496,16 +513,26 @@ class Pipeline:
                     with _stage(call, "budget"):
                         budget = await self.costs.reserve_budget(call, call.reserved_tokens)
                     if call.model != model:  # the budget's fallback serves
-                        runner = self._route(call, "chat")
+                        self._route(call, "chat", available=False)  # the attempts lease the slots
+                degraded = None
                 if cached is None:
-                    async with _deadline(call):
-                        queued = time.time_ns()
-                        lease = runner.queue.lease(call.priority)
-                        slot = await lease.__aenter__()
+                    try:
+                        async with _deadline(call):
+                            opened = await self.attempts.stream(
+                                call,
+                                (lambda backend: backend.stream(guarding.request))
+                                if dispatch is None
+                                else (lambda backend: dispatch(backend, guarding)),
+                            )
+                    except Degraded as failed:
+                        degraded = self._degraded(call, failed)
             except BaseException:
                 await admission.settle(0)
                 await budget.settle(0)
                 raise
+            if degraded is not None:
+                cached = degraded  # not a cache hit, but replayed the same way
+                await budget.settle(0)
             if cached is not None:  # a hit: replayed as the stream it was, no slot held
                 await admission.settle(0)
                 self._keep_content(call, request, cached)
@@ -514,19 +541,15 @@ class Pipeline:
                         call.first_chunk_at = time.perf_counter()
                     yield chunk
                 return
-            call.admitted_at = time.perf_counter()
-            _record(call, "queue", queued)
             buffer: asyncio.Queue[Any] = asyncio.Queue(_BUFFERED_CHUNKS)
             if self.keep_content:
                 call.audit_content = {"messages": request.messages, "answer": ""}
             pump = asyncio.create_task(
                 self._pump(
                     call,
-                    slot.backend.stream(guarding.request)
-                    if dispatch is None
-                    else dispatch(slot.backend, guarding),
+                    opened.chunks,
                     guarding.request,
-                    _Release(lease, admission, budget),
+                    _Release(opened, admission, budget),
                     guarding.stream_restorer(),
                     buffer,
                     None if key is None else (key, StreamAssembler(choices=_choices(request))),
@@ -554,6 +577,7 @@ class Pipeline:
         caching: tuple[Any, StreamAssembler] | None,
     ) -> None:
         started, attrs = time.time_ns(), _genai(call, request)
+        failure: BaseException | None = None
         try:
             async with _deadline(call):
                 async for chunk in chunks:
@@ -580,13 +604,15 @@ class Pipeline:
             if caching is not None and (whole := caching[1].completion()) is not None:
                 await self.costs.cache_store(call, caching[0], whole)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            failure = exc
             if attrs is not None:
                 attrs["error.type"] = getattr(exc, "code", None) or type(exc).__name__
             await buffer.put(exc)
         finally:
             _record(call, f"chat {call.model}", started, attrs)
             await chunks.aclose()
-            await release.lease.__aexit__(None, None, None)
+            await release.opened.lease.__aexit__(None, None, None)
+            release.opened.finish(failure)
             answered = call.first_chunk_at is not None
             await release.admission.settle(self._used_tokens(call, answered))
             await release.budget.settle(self.costs.price(call))
@@ -594,9 +620,9 @@ class Pipeline:
 
 @dataclass(slots=True)
 class _Release:
-    """What a stream gives back when its backend is done: the slot, then the reservation."""
+    """What a stream gives back when its backend is done: the slot, then the reservations."""
 
-    lease: Any
+    opened: OpenStream
     admission: Admission
     budget: Budget
 
@@ -625,22 +651,6 @@ def _keep_answer(content: dict[str, Any], chunk: dict[str, Any]) -> None:
         text = (choice.get("delta") or {}).get("content") or choice.get("text")
         if text:
             content["answer"] += text
-
-
-def carries_output(chunk: dict[str, Any]) -> bool:
-    """A stream chunk with generated content, a finish reason or usage (not just a role).
-
-    Chat chunks carry content in a delta; an upstream's text completion chunks in ``text``.
-    """
-    if chunk.get("type") in _RESPONSES_OUTPUT:  # a Responses event (forwarded as sent)
-        return True
-    for choice in chunk.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls"):
-            return True
-        if choice.get("text"):
-            return True
-    return bool(chunk.get("usage"))
 
 
 def _stage(call: Call, name: str, attributes: dict[str, Any] | None = None) -> Any:

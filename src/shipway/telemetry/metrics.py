@@ -151,6 +151,42 @@ class Metrics:
             ["budget", "action"],
             registry=r,
         )
+        self.retries = Counter(
+            "shipway_retries_total",
+            "Attempts repeated on the same model after a safe-to-retry failure, by reason.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "shipway_fallbacks_total",
+            "Calls moved on to the next model of a fallback chain, by reason.",
+            ["from_model", "to_model", "reason"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "shipway_breaker_transitions_total",
+            "Circuit breaker state changes.",
+            ["model", "from_state", "to_state"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "shipway_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open (probing), 2 open (failing fast).",
+            ["model"],
+            registry=r,
+        )
+        self.upstream_healthy = Gauge(
+            "shipway_upstream_healthy",
+            "1 while the upstream passes its background health checks, 0 out of rotation.",
+            ["model"],
+            registry=r,
+        )
+        self.degraded = Counter(
+            "shipway_degraded_total",
+            "Requests answered with the model's degraded reply because every option failed.",
+            ["model"],
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "shipway_upstream_errors_total",
             "Upstream calls that failed, by kind (unreachable, broken, rejected, rate_limited, "
