@@ -31,13 +31,15 @@ class TimeoutSettings(_Strict):
     first_token_s: float | None = Field(
         30.0,
         gt=0,
-        description="An attempt that produces no output (first token, or a plain answer's "
-        "headers) within this is abandoned: retried, or failed over, or a 504.",
+        description="A stream attempt that produces no output within this is abandoned: "
+        "retried, failed over, or a 504 `upstream_timeout`.",
     )
     total_s: float | None = Field(
         None,
         gt=0,
-        description="An attempt's whole duration; unset: only the request's deadline.",
+        description="A plain (non-streamed) attempt's whole answer, whose first token comes "
+        "with its last, must come within this (and a stream's first output too); unset: "
+        "only the request's deadline bounds a plain attempt.",
     )
 
 

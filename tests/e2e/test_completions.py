@@ -11,7 +11,7 @@ import orjson
 import pytest
 from tests.e2e.conftest import CHAT
 from tests.support.openai_spec import assert_conforms
-from tests.support.servers import Server, shipway_server
+from tests.support.servers import SINGLE_ATTEMPT, Server, shipway_server
 
 PROMPT = "The capital of France is"
 
@@ -204,6 +204,7 @@ def gateway(upstream: Server) -> Iterator[Server]:
     srv = shipway_server(
         {
             "embedded_models": False,
+            "resilience": SINGLE_ATTEMPT,  # each fault's own status, not the retries
             "models": {
                 "up": up("echo"),
                 "up-pii": {**up("echo"), "guards": {"pii": "redact"}},

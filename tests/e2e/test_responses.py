@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel, Field
 from tests.e2e.conftest import CHAT
 from tests.support.openai_spec import assert_conforms
-from tests.support.servers import Server, shipway_server
+from tests.support.servers import SINGLE_ATTEMPT, Server, shipway_server
 
 QUESTION = "Name three colours."
 WEATHER = {
@@ -289,6 +289,7 @@ def gateway(upstream: Server) -> Iterator[Server]:
     srv = shipway_server(
         {
             "embedded_models": False,
+            "resilience": SINGLE_ATTEMPT,  # each fault's own status, not the retries
             "models": {
                 "up": up("echo"),
                 "up-tools": up("tool-call"),

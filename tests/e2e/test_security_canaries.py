@@ -24,7 +24,7 @@ import httpx
 import pytest
 from tests.support.keys import MadeKey, bearer, create_key, shipway_cli
 from tests.support.otlp_receiver import OtlpReceiver, otlp_receiver
-from tests.support.servers import Server, shipway_server
+from tests.support.servers import SINGLE_ATTEMPT, Server, shipway_server
 
 from shipway.security.key_format import generate_key
 
@@ -107,6 +107,7 @@ def gateway(upstream: Server, echoing_upstream: str, traces: OtlpReceiver) -> It
     }
     config = {
         "embedded_models": False,
+        "resilience": SINGLE_ATTEMPT,  # each fault's own status, not the retries
         "models": models,
         "telemetry": {"tracing": {"otlp_endpoint": traces.endpoint}},
     }

@@ -13,13 +13,14 @@ import httpx
 import openai
 import pytest
 from tests.support.keys import bearer, create_key, wait_until
-from tests.support.servers import Server, free_port, shipway_server
+from tests.support.servers import SINGLE_ATTEMPT, Server, free_port, shipway_server
 
 
 def _config(upstream: Server) -> dict[str, object]:
     base = upstream.base + "/v1"
     return {
         "embedded_models": False,
+        "resilience": SINGLE_ATTEMPT,  # each fault counted once, not retried
         "models": {
             "up": {"backend": "openai", "base_url": base, "upstream_model": "echo"},
             "up-500": {"backend": "openai", "base_url": base, "upstream_model": "fail-500"},

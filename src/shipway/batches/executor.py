@@ -32,7 +32,9 @@ from shipway.backends.base import ChatRequest, EmbedRequest, EmbedResult
 from shipway.config import LlamaCppModel, OpenAIUpstreamModel, ShipwaySettings
 from shipway.engine.admission import Priority
 from shipway.errors import (
+    ConcurrencyLimited,
     DeadlineExceeded,
+    FirstTokenTimeout,
     ModelUnavailable,
     QueueFull,
     RateLimited,
@@ -178,7 +180,10 @@ def _request(url: str, body: dict[str, Any], request_id: str, principal: Princip
 
 
 def _retry_if_transient(error: ShipwayError, calls: list[Call], outcome: LineOutcome) -> None:
-    if isinstance(error, QueueFull | ModelUnavailable | StoreUnavailable):
+    if isinstance(
+        error,
+        QueueFull | ModelUnavailable | StoreUnavailable | ConcurrencyLimited | FirstTokenTimeout,
+    ):
         raise Retry(error.code or type(error).__name__, error.retry_after, outcome)
     if isinstance(error, RateLimited) and error.retry_after is not None:
         raise Retry("rate_limited", error.retry_after, outcome)

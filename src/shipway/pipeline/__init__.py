@@ -35,6 +35,7 @@ from shipway.config import ShipwaySettings
 from shipway.engine.admission import Priority
 from shipway.engine.engine import Engine, ModelRunner
 from shipway.errors import (
+    BudgetExceeded,
     DeadlineExceeded,
     InvalidRequest,
     ModelNotFound,
@@ -42,7 +43,7 @@ from shipway.errors import (
     ShipwayError,
     UpstreamError,
 )
-from shipway.pipeline.attempts import Attempts, Degraded, OpenStream
+from shipway.pipeline.attempts import Attempts, Degraded, OpenStream, Switch
 from shipway.pipeline.chunks import carries_output
 from shipway.pipeline.cost_stages import NO_BUDGET, Budget, CostStages
 from shipway.resilience.policies import Resilience
@@ -353,30 +354,27 @@ class Pipeline:
         """The answer; ``dispatch``: how to reach the backend when not as a chat completion."""
         with self._accounted(call):
             request = self._choose(call, request)
-            self._route(call, "chat", available=False)  # the attempts lease the slots
+            # With fallbacks, an unavailable model is the dispatch stage's to route around.
+            self._route(call, "chat", available=not self.attempts.has_fallbacks(call.model))
             request = self._chat_input(call, request)
             with _stage(call, "rate_limit"):
                 admission = await self._admit(
                     call, _chars(request.messages), request.max_tokens, _choices(request)
                 )
             answered = False
-            budget: Budget = NO_BUDGET
+            held = _Held()
             try:
                 with _stage(call, "guard"):
                     guarding = await self._guard_chat(call, request)
                 key = None if dispatch is not None else self.costs.cache_key(call, request)
+                keyed_model = call.model
                 if key is not None:
                     with _stage(call, "cache"):
                         cached = await self.costs.cache_lookup(call, key)
                     if cached is not None:
                         self._keep_content(call, request, cached)
                         return cached
-                if self.costs.budgets_on:
-                    model = call.model
-                    with _stage(call, "budget"):
-                        budget = await self.costs.reserve_budget(call, call.reserved_tokens)
-                    if call.model != model:  # the budget's fallback serves
-                        self._route(call, "chat", available=False)  # the attempts lease the slots
+                await self._reserve_budget(call, held)
                 try:
                     async with _deadline(call):
                         with _stage(call, f"chat {call.model}", _genai(call, request)) as attrs:
@@ -385,6 +383,8 @@ class Pipeline:
                                 (lambda backend: backend.chat(guarding.request))
                                 if dispatch is None
                                 else (lambda backend: dispatch(backend, guarding)),
+                                # a request forwarded as sent has no fallbacks
+                                None if dispatch is not None else self._switch(call, request, held),
                             )
                             if attrs is not None:
                                 _genai_result(attrs, result)
@@ -393,13 +393,53 @@ class Pipeline:
                 answered = True
                 self._usage(call, result)
                 result = guarding.restore_result(result)
-                if key is not None:
+                if key is not None and call.model == keyed_model:  # not a fallback's answer
                     await self.costs.cache_store(call, key, result)
                 self._keep_content(call, request, result)
                 return result
             finally:
                 await admission.settle(self._used_tokens(call, answered))
-                await budget.settle(self.costs.price(call))
+                await held.budget.settle(self.costs.price(call))
+
+    async def _reserve_budget(self, call: Call, held: _Held) -> None:
+        """The budget stage; a budget's fallback model re-routes the call."""
+        if not self.costs.budgets_on:
+            return
+        model = call.model
+        with _stage(call, "budget"):
+            held.budget = await self.costs.reserve_budget(call, call.reserved_tokens)
+        if call.model != model:  # the budget's fallback serves
+            self._route(call, "chat", available=not self.attempts.has_fallbacks(call.model))
+
+    def _switch(self, call: Call, request: ChatRequest, held: _Held) -> Switch:
+        """May the call move to a fallback model? Only under the same guard policies (a
+        redacting model's prompt must not reach one that would not redact), within that
+        model's answer cap, and with its budget reserved (the asked model's released)."""
+        guards = self.guards.policies(call.model, call.principal)
+
+        async def switch(alias: str) -> bool:
+            if self.guards.policies(alias, call.principal) != guards:
+                return False
+            cap = self._max_tokens.get(alias)
+            if cap is not None and request.max_tokens is not None and request.max_tokens > cap:
+                return False
+            if not self.costs.budgets_on:
+                return True
+            await held.budget.settle(0)
+            held.budget = NO_BUDGET
+            asked, call.model = call.model, alias
+            try:
+                reservation = await self.costs.reserve_budget(
+                    call, call.reserved_tokens, fallback=False
+                )
+            except BudgetExceeded:
+                return False
+            finally:
+                call.model = asked
+            held.budget = reservation
+            return True
+
+        return switch
 
     def _choose(self, call: Call, request: ChatRequest) -> ChatRequest:
         """A named route's model (and its generation defaults) for this request."""
@@ -493,27 +533,25 @@ class Pipeline:
         """
         with self._accounted(call):
             request = self._choose(call, request)
-            self._route(call, "chat", available=False)  # the attempts lease the slots
+            # With fallbacks, an unavailable model is the dispatch stage's to route around.
+            self._route(call, "chat", available=not self.attempts.has_fallbacks(call.model))
             request = self._chat_input(call, request)
             with _stage(call, "rate_limit"):
                 admission = await self._admit(
                     call, _chars(request.messages), request.max_tokens, _choices(request)
                 )
-            budget: Budget = NO_BUDGET
+            held = _Held()
             try:
                 with _stage(call, "guard"):
                     guarding = await self._guard_chat(call, request)
                 key = None if dispatch is not None else self.costs.cache_key(call, request)
+                keyed_model = call.model
                 cached = None
                 if key is not None:
                     with _stage(call, "cache"):
                         cached = await self.costs.cache_lookup(call, key)
-                if cached is None and self.costs.budgets_on:
-                    model = call.model
-                    with _stage(call, "budget"):
-                        budget = await self.costs.reserve_budget(call, call.reserved_tokens)
-                    if call.model != model:  # the budget's fallback serves
-                        self._route(call, "chat", available=False)  # the attempts lease the slots
+                if cached is None:
+                    await self._reserve_budget(call, held)
                 degraded = None
                 if cached is None:
                     try:
@@ -523,16 +561,17 @@ class Pipeline:
                                 (lambda backend: backend.stream(guarding.request))
                                 if dispatch is None
                                 else (lambda backend: dispatch(backend, guarding)),
+                                None if dispatch is not None else self._switch(call, request, held),
                             )
                     except Degraded as failed:
                         degraded = self._degraded(call, failed)
             except BaseException:
                 await admission.settle(0)
-                await budget.settle(0)
+                await held.budget.settle(0)
                 raise
             if degraded is not None:
                 cached = degraded  # not a cache hit, but replayed the same way
-                await budget.settle(0)
+                await held.budget.settle(0)
             if cached is not None:  # a hit: replayed as the stream it was, no slot held
                 await admission.settle(0)
                 self._keep_content(call, request, cached)
@@ -549,10 +588,12 @@ class Pipeline:
                     call,
                     opened.chunks,
                     guarding.request,
-                    _Release(opened, admission, budget),
+                    _Release(opened, admission, held),
                     guarding.stream_restorer(),
                     buffer,
-                    None if key is None else (key, StreamAssembler(choices=_choices(request))),
+                    None
+                    if key is None or call.model != keyed_model  # not a fallback's answer
+                    else (key, StreamAssembler(choices=_choices(request))),
                 )
             )
             try:
@@ -615,7 +656,7 @@ class Pipeline:
             release.opened.finish(failure)
             answered = call.first_chunk_at is not None
             await release.admission.settle(self._used_tokens(call, answered))
-            await release.budget.settle(self.costs.price(call))
+            await release.held.budget.settle(self.costs.price(call))
 
 
 @dataclass(slots=True)
@@ -624,7 +665,14 @@ class _Release:
 
     opened: OpenStream
     admission: Admission
-    budget: Budget
+    held: _Held
+
+
+@dataclass(slots=True)
+class _Held:
+    """The call's budget reservation, which a fallback may swap for its own model's."""
+
+    budget: Budget = NO_BUDGET
 
 
 def _per_output_token(call: Call) -> float:

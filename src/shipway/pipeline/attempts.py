@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from shipway.backends.base import Backend
 from shipway.engine.engine import Engine, ModelRunner
-from shipway.errors import FirstTokenTimeout, ModelUnavailable, UpstreamUnhealthy
+from shipway.errors import (
+    ContextLengthExceeded,
+    FirstTokenTimeout,
+    ModelUnavailable,
+    UpstreamError,
+    UpstreamUnhealthy,
+)
 from shipway.pipeline.chunks import carries_output
 from shipway.resilience.policies import ModelPolicy, Resilience
 from shipway.resilience.retry import counts_as_failure, fallback_reason, is_retryable
@@ -37,9 +43,14 @@ from shipway.resilience.retry import counts_as_failure, fallback_reason, is_retr
 if TYPE_CHECKING:
     from shipway.pipeline import Call
 
-__all__ = ["Attempts", "Degraded", "OpenStream"]
+__all__ = ["Attempts", "Degraded", "OpenStream", "Switch"]
+
+# Upstream failures that mean "too much load" (besides a first-token timeout and a 503).
+_OVERLOAD_KINDS = frozenset({"timeout", "rate_limited", "unreachable", "broken"})
 
 Send = Callable[[Backend], Awaitable[dict[str, Any]]]
+Switch = Callable[[str], Awaitable[bool]]
+"""Asked before a fallback model is tried: may the call move there (guards, caps, budget)?"""
 Open = Callable[[Backend], AsyncGenerator[dict[str, Any], None]]
 
 
@@ -79,6 +90,10 @@ class Attempts:
         self._resilience = resilience
         self._rng = rng or random.Random()
 
+    def has_fallbacks(self, alias: str) -> bool:
+        policy = self._resilience.policies.get(alias)
+        return policy is not None and bool(policy.fallbacks)
+
     def chain(self, call: Call) -> list[str]:
         """The models to try, in order: the one asked for, then its fallbacks the caller may
         use and that serve chat."""
@@ -94,28 +109,34 @@ class Attempts:
                 out.append(alias)
         return out
 
-    async def plain(self, call: Call, send: Send) -> dict[str, Any]:
-        """The answer of the first model that gives one (``call.model`` becomes that model)."""
+    async def plain(self, call: Call, send: Send, switch: Switch | None = None) -> dict[str, Any]:
+        """The answer of the first model that gives one (``call.model`` becomes that model).
+
+        ``switch(alias)`` is asked before a fallback is tried (its guards, caps and budget);
+        None: no fallbacks and no degraded reply (a request forwarded as sent)."""
         result: dict[str, Any] = await self._run(
-            call, lambda policy, runner: self._plain(call, policy, runner, send)
+            call, lambda policy, runner: self._plain(call, policy, runner, send), switch
         )
         return result
 
-    async def stream(self, call: Call, open_: Open) -> OpenStream:
+    async def stream(self, call: Call, open_: Open, switch: Switch | None = None) -> OpenStream:
         """A stream that has produced its first output (or ended), from the first model
         that gives one."""
         opened: OpenStream = await self._run(
-            call, lambda policy, runner: self._stream(call, policy, runner, open_)
+            call, lambda policy, runner: self._stream(call, policy, runner, open_), switch
         )
         return opened
 
     # -- the loop ---------------------------------------------------------------------------
     async def _run(
-        self, call: Call, attempt: Callable[[ModelPolicy, ModelRunner], Awaitable[Any]]
+        self,
+        call: Call,
+        attempt: Callable[[ModelPolicy, ModelRunner], Awaitable[Any]],
+        switch: Switch | None,
     ) -> Any:
         tries = _Tries()
         loop = asyncio.get_running_loop()
-        chain = self.chain(call)
+        chain = self.chain(call) if switch is not None else [call.model]
         asked = chain[0]
         for index, alias in enumerate(chain):
             policy = self._resilience.policies[alias]
@@ -124,6 +145,10 @@ class Attempts:
                 if reason == "context_length" and not _larger(
                     policy, self._resilience.policies[call.model]
                 ):
+                    continue
+                assert switch is not None
+                if not await switch(alias):
+                    tries.log.append(f"{alias}:skipped")
                     continue
                 self._resilience.note_fallback(call.model, alias, reason)
                 if call.requested_model is None:
@@ -142,19 +167,13 @@ class Attempts:
                 except Exception as error:
                     tries.last = error
                     tries.log.append(f"{alias}:{_label(error)}")
-                    if (
-                        is_retryable(error)
-                        and retry < policy.settings.retries.max_retries
-                        and policy.budget.try_spend()
-                    ):
-                        delay = policy.budget.backoff_s(
-                            retry, getattr(error, "retry_after", None), self._rng
-                        )
-                        if loop.time() + delay < call.deadline:
-                            self._resilience.note_retry(alias, _label(error))
-                            retry += 1
-                            await asyncio.sleep(delay)
-                            continue
+                    more = index < len(chain) - 1
+                    delay = self._retry_delay(call, policy, error, retry, loop.time(), more)
+                    if delay is not None:
+                        self._resilience.note_retry(alias, _label(error))
+                        await asyncio.sleep(delay)
+                        retry += 1
+                        continue
                     if fallback_reason(error) is None:
                         _log_tries(call, tries)
                         raise
@@ -165,16 +184,43 @@ class Attempts:
                         _log_tries(call, tries)
                     return result
         _log_tries(call, tries)
-        return self._exhausted(call, chain, tries)
+        return self._exhausted(call, asked, chain, tries, degrade=switch is not None)
 
-    def _exhausted(self, call: Call, chain: list[str], tries: _Tries) -> Any:
+    def _retry_delay(
+        self,
+        call: Call,
+        policy: ModelPolicy,
+        error: Exception,
+        retry: int,
+        now: float,
+        more_models: bool,
+    ) -> float | None:
+        """The wait before repeating the attempt on this model, or None: do not."""
+        if not is_retryable(error) or retry >= policy.settings.retries.max_retries:
+            return None
+        delay = policy.budget.backoff_s(retry, getattr(error, "retry_after", None), self._rng)
+        if now + delay >= call.deadline:
+            return None
+        if more_models and delay > policy.settings.retries.backoff_max_s:
+            return None  # a long Retry-After: another model answers sooner
+        if not policy.budget.try_spend():
+            return None
+        return delay
+
+    def _exhausted(
+        self, call: Call, asked: str, chain: list[str], tries: _Tries, *, degrade: bool
+    ) -> Any:
         """Every option failed: the degraded reply, else the failure (503 after a chain)."""
-        asked = chain[0]
-        reply = self._resilience.policies[asked].degraded_reply
-        if reply is not None:
-            raise Degraded(asked, reply)
         assert tries.last is not None
-        if tries.models <= 1:
+        reply = self._resilience.policies[asked].degraded_reply
+        client_fault = isinstance(tries.last, ContextLengthExceeded) or (
+            _reason(tries.last) == "context_length"
+        )
+        if reply is not None and degrade and not client_fault and call.batch_id is None:
+            call.model = asked  # the reply is the asked model's, not the last fallback's
+            call.response_headers["x-shipway-served-by"] = asked
+            raise Degraded(asked, reply)
+        if tries.models <= 1 or client_fault:
             raise tries.last
         waits = [self._resilience.policies[alias].breaker.retry_after_s for alias in chain]
         raise ModelUnavailable(
@@ -211,7 +257,8 @@ class Attempts:
             async with runner.queue.lease(call.priority) as slot:
                 call.admitted_at = started = time.perf_counter()
                 _queue_span(call, queued)
-                async with _attempt_timeout(policy, policy.attempt_timeout_s):
+                # A plain answer's first token comes with its last: only `total_s` bounds it.
+                async with _attempt_timeout(policy, policy.total_timeout_s):
                     result = await send(slot.backend)
         except BaseException as error:
             _failed(policy, error, started)
@@ -219,7 +266,7 @@ class Attempts:
         finally:
             policy.limit.release()
         policy.breaker.record_success()
-        policy.limit.on_done(time.perf_counter() - started, True)
+        policy.limit.on_done(None, True)
         return result
 
     async def _stream(
@@ -246,11 +293,15 @@ class Attempts:
                     if carries_output(chunk):
                         break
         except BaseException as error:
-            with contextlib.suppress(Exception):
-                await chunks.aclose()
-            await lease.__aexit__(None, None, None)
-            policy.limit.release()
-            _failed(policy, error, started)
+            try:
+                with contextlib.suppress(Exception):
+                    await chunks.aclose()
+            finally:
+                try:
+                    await lease.__aexit__(None, None, None)
+                finally:
+                    policy.limit.release()
+                    _failed(policy, error, started)
             raise
         policy.breaker.record_success()
         policy.limit.on_done(time.perf_counter() - started, True)
@@ -278,10 +329,21 @@ def _queue_span(call: Call, queued_ns: int) -> None:
 def _failed(policy: ModelPolicy, error: BaseException, started: float) -> None:
     if isinstance(error, Exception) and counts_as_failure(error):
         policy.breaker.record_failure()
-        if started:
+        if started and _overload(error):
             policy.limit.on_done(time.perf_counter() - started, False)
     else:
         policy.breaker.release_probe()
+
+
+def _overload(error: Exception) -> bool:
+    """A failure that says the backend is overloaded (what the adaptive limit reacts to)."""
+    if isinstance(error, FirstTokenTimeout):
+        return True
+    if isinstance(error, UpstreamError):
+        return error.kind in _OVERLOAD_KINDS or (
+            error.kind == "server_error" and error.status == 503
+        )
+    return False
 
 
 def _stream_ended(policy: ModelPolicy, error: BaseException | None) -> None:
@@ -306,10 +368,11 @@ class _attempt_timeout:
     """``asyncio.timeout`` that raises ``FirstTokenTimeout`` (retried, failed over) rather
     than a bare TimeoutError; no timer at all when the model sets none."""
 
-    __slots__ = ("_policy", "_timeout")
+    __slots__ = ("_policy", "_seconds", "_timeout")
 
     def __init__(self, policy: ModelPolicy, seconds: float | None) -> None:
         self._policy = policy
+        self._seconds = seconds
         self._timeout = None if seconds is None else asyncio.timeout(seconds)
 
     async def __aenter__(self) -> None:
@@ -324,8 +387,7 @@ class _attempt_timeout:
         except TimeoutError:
             raise FirstTokenTimeout(
                 f"model {self._policy.alias!r} produced no output within "
-                f"{self._policy.attempt_timeout_s:g}s (resilience.timeouts)",
-                retry_after=1.0,
+                f"{self._seconds:g}s (resilience.timeouts)"
             ) from None
 
 

@@ -26,6 +26,7 @@ from shipway.costs.attribution import CallCost, CostLedger
 from shipway.costs.budgets import BudgetReservation, BudgetService
 from shipway.costs.request_caps import check_prompt_tokens
 from shipway.costs.routing import CostRouter, RouteNeeds
+from shipway.errors import BudgetExceeded
 from shipway.security.input_limits import message_texts
 from shipway.telemetry.metrics import Metrics
 from shipway.telemetry.spend_history import SpendHistory
@@ -188,8 +189,11 @@ class CostStages:
     def budgets_on(self) -> bool:
         return self._budgets is not None
 
-    async def reserve_budget(self, call: Call, max_tokens_total: int) -> BudgetReservation:
-        """Reserve the call's maximum cost; on a fallback budget, ``call.model`` changes."""
+    async def reserve_budget(
+        self, call: Call, max_tokens_total: int, *, fallback: bool = True
+    ) -> BudgetReservation:
+        """Reserve the call's maximum cost; on a fallback budget, ``call.model`` changes
+        (``fallback=False``: a budget that would send the call elsewhere refuses it)."""
         assert self._budgets is not None
         for attempt in range(_MAX_FALLBACKS + 1):
             prompt = call.prompt_estimate
@@ -204,14 +208,20 @@ class CostStages:
                 model=call.model,
                 max_cost=max_cost,
             )
-            fallback = reservation.fallback_model
-            if fallback is None or attempt == _MAX_FALLBACKS:
+            other = reservation.fallback_model
+            if other is not None and not fallback:
+                await reservation.settle(0)
+                raise BudgetExceeded(
+                    f"budget {reservation.rule!r} is spent for model {call.model!r}",
+                    retry_after=None,
+                )
+            if other is None or attempt == _MAX_FALLBACKS:
                 return reservation
             self._metrics.budget_rejections.labels(reservation.rule or "", "fallback").inc()
-            call.log_fields["budget_fallback"] = f"{call.model}->{fallback}"
+            call.log_fields["budget_fallback"] = f"{call.model}->{other}"
             if call.requested_model is None:
                 call.requested_model = call.model
-            call.model = fallback
+            call.model = other
         raise AssertionError("unreachable")
 
     # -- account ---------------------------------------------------------------------------------

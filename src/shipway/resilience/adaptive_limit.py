@@ -64,16 +64,21 @@ class AdaptiveLimit:
         """Give back the slot of ``try_acquire``, whatever the outcome (call it in finally)."""
         self.in_flight -= 1
 
-    def on_done(self, latency_s: float, ok: bool) -> None:
+    def on_done(self, latency_s: float | None, ok: bool) -> None:
         """A finished call: ``ok`` False for a failure that signals overload (a timeout, a
-        429/503, a reset); failures that say nothing about load are not reported at all."""
+        429/503, a reset); failures that say nothing about load are not reported at all.
+        ``latency_s`` None: a success with no latency worth comparing (a plain answer, whose
+        time grows with its length): it counts towards growth, never as congestion."""
         if not self._enabled:
             return
         now = self._clock()
         if now - self._window_start >= self._baseline_window_s:
             self._previous_best, self._best = self._best, math.inf
             self._window_start = now
-        if ok:
+        if latency_s is None:
+            congested = False
+            latency_s = 0.0
+        elif ok:
             # Only successes set the baseline: a fast failure is no measure of serving time.
             if latency_s < self._best:
                 self._best = latency_s
