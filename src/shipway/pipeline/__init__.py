@@ -353,14 +353,7 @@ class Pipeline:
     ) -> dict[str, Any]:
         """The answer; ``dispatch``: how to reach the backend when not as a chat completion."""
         with self._accounted(call):
-            request = self._choose(call, request)
-            # With fallbacks, an unavailable model is the dispatch stage's to route around.
-            self._route(call, "chat", available=not self.attempts.has_fallbacks(call.model))
-            request = self._chat_input(call, request)
-            with _stage(call, "rate_limit"):
-                admission = await self._admit(
-                    call, _chars(request.messages), request.max_tokens, _choices(request)
-                )
+            request, admission = await self._chat_admitted(call, request)
             answered = False
             held = _Held()
             try:
@@ -400,6 +393,20 @@ class Pipeline:
             finally:
                 await admission.settle(self._used_tokens(call, answered))
                 await held.budget.settle(self.costs.price(call))
+
+    async def _chat_admitted(
+        self, call: Call, request: ChatRequest
+    ) -> tuple[ChatRequest, Admission]:
+        """The stages before the guard: route choice, route, input limits, rate limit."""
+        request = self._choose(call, request)
+        # With fallbacks, an unavailable model is the dispatch stage's to route around.
+        self._route(call, "chat", available=not self.attempts.has_fallbacks(call.model))
+        request = self._chat_input(call, request)
+        with _stage(call, "rate_limit"):
+            admission = await self._admit(
+                call, _chars(request.messages), request.max_tokens, _choices(request)
+            )
+        return request, admission
 
     async def _reserve_budget(self, call: Call, held: _Held) -> None:
         """The budget stage; a budget's fallback model re-routes the call."""
@@ -532,14 +539,7 @@ class Pipeline:
         Closing this generator (client gone) cancels the backend if it is still running.
         """
         with self._accounted(call):
-            request = self._choose(call, request)
-            # With fallbacks, an unavailable model is the dispatch stage's to route around.
-            self._route(call, "chat", available=not self.attempts.has_fallbacks(call.model))
-            request = self._chat_input(call, request)
-            with _stage(call, "rate_limit"):
-                admission = await self._admit(
-                    call, _chars(request.messages), request.max_tokens, _choices(request)
-                )
+            request, admission = await self._chat_admitted(call, request)
             held = _Held()
             try:
                 with _stage(call, "guard"):
