@@ -87,7 +87,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     count, rounds = (100, 1) if args.quick else (400, 3)
     samples: dict[tuple[str, int], list[float]] = {}
-    verdicts: dict[str, dict[str, int]] = {}
+    verdicts: dict[tuple[str, int], dict[str, int]] = {}
     with Servers() as servers:
         port = free_port()
         upstream = f"http://127.0.0.1:{port}"
@@ -105,8 +105,8 @@ def main() -> None:
                     assert not errors, f"{errors} errors"
                     samples.setdefault((name, c), []).extend(lat)
                     for verdict, n in seen.items():
-                        verdicts.setdefault(name, {}).setdefault(verdict, 0)
-                        verdicts[name][verdict] += n
+                        verdicts.setdefault((name, c), {}).setdefault(verdict, 0)
+                        verdicts[(name, c)][verdict] += n
     rows = [
         [
             name,
@@ -115,7 +115,7 @@ def main() -> None:
             percentile(lat, 50),
             percentile(lat, 90),
             percentile(lat, 99),
-            ", ".join(f"{k}: {v}" for k, v in sorted(verdicts.get(name, {}).items())),
+            ", ".join(f"{k}: {v}" for k, v in sorted(verdicts.get((name, c), {}).items())),
         ]
         for (name, c), lat in sorted(samples.items(), key=lambda kv: (kv[0][1], kv[0][0]))
     ]
