@@ -63,8 +63,22 @@ def keys(gateway: Server) -> dict[str, str]:
     return made
 
 
+# Every official client a test makes, closed when the module ends: an open one leaves its
+# sockets to the garbage collector, whose ResourceWarning would fail a later test.
+_OPENED: list[openai.OpenAI] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 def _client(server: Server, key: str = "unused") -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base + "/v1", api_key=key, max_retries=0, timeout=60)
+    client = openai.OpenAI(base_url=server.base + "/v1", api_key=key, max_retries=0, timeout=60)
+    _OPENED.append(client)
+    return client
 
 
 @pytest.fixture(scope="module")

@@ -78,14 +78,22 @@ def keys(costly: Server) -> dict[str, str]:
     return made
 
 
-def _client(server: Server, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base + "/v1", api_key=key, max_retries=0, timeout=120)
+@pytest.fixture(scope="module")
+def clients(costly: Server, keys: dict[str, str]) -> Iterator[dict[str, openai.OpenAI]]:
+    """The official client for each key, closed at the end (an open one leaks sockets)."""
+    made = {
+        name: openai.OpenAI(base_url=costly.base + "/v1", api_key=key, max_retries=0, timeout=120)
+        for name, key in keys.items()
+    }
+    yield made
+    for client in made.values():
+        client.close()
 
 
 def test_a_repeated_temperature_zero_request_is_a_hit_with_the_same_answer(
-    costly: Server, keys: dict[str, str]
+    costly: Server, keys: dict[str, str], clients: dict[str, openai.OpenAI]
 ) -> None:
-    client = _client(costly, keys["red"])
+    client = clients["red"]
     body: dict[str, Any] = {"model": CHAT, "messages": MESSAGES, "max_tokens": 12, "temperature": 0}
     first = client.chat.completions.with_raw_response.create(**body)
     second = client.chat.completions.with_raw_response.create(**body)
@@ -105,14 +113,14 @@ def test_a_repeated_temperature_zero_request_is_a_hit_with_the_same_answer(
     assert chunks[-1].usage is not None and chunks[-1].choices == []
 
     # Another team never reads this team's answers.
-    other = _client(costly, keys["blue"]).chat.completions.with_raw_response.create(**body)
+    other = clients["blue"].chat.completions.with_raw_response.create(**body)
     assert other.headers["x-shipway-cache"] == "miss"
 
 
 def test_the_client_can_skip_the_cache_and_sampled_requests_bypass_it(
-    costly: Server, keys: dict[str, str]
+    costly: Server, keys: dict[str, str], clients: dict[str, openai.OpenAI]
 ) -> None:
-    client = _client(costly, keys["red"])
+    client = clients["red"]
     body: dict[str, Any] = {"model": CHAT, "messages": MESSAGES, "max_tokens": 6, "temperature": 0}
     client.chat.completions.create(**body)
     skipped = client.chat.completions.with_raw_response.create(
@@ -128,24 +136,21 @@ def test_the_client_can_skip_the_cache_and_sampled_requests_bypass_it(
 
 
 def test_the_semantic_cache_hits_a_paraphrase_within_one_team_only(
-    costly: Server, keys: dict[str, str]
+    costly: Server, keys: dict[str, str], clients: dict[str, openai.OpenAI]
 ) -> None:
-    def ask(key: str, question: str) -> Any:
-        return _client(costly, key).chat.completions.with_raw_response.create(
+    def ask(team: str, question: str) -> Any:
+        return clients[team].chat.completions.with_raw_response.create(
             model="pricey",
             messages=[{"role": "user", "content": question}],
             max_tokens=10,
             temperature=0,
         )
 
-    assert ask(keys["red"], "What is the capital of France?").headers["x-shipway-cache"] == "miss"
-    paraphrase = ask(keys["red"], "Tell me the capital city of France.")
+    assert ask("red", "What is the capital of France?").headers["x-shipway-cache"] == "miss"
+    paraphrase = ask("red", "Tell me the capital city of France.")
     assert paraphrase.headers["x-shipway-cache"] == "hit"
-    assert (
-        ask(keys["blue"], "Tell me the capital city of France.").headers["x-shipway-cache"]
-        == "miss"
-    )
-    unrelated = ask(keys["red"], "How many legs does a spider have?")
+    assert ask("blue", "Tell me the capital city of France.").headers["x-shipway-cache"] == "miss"
+    unrelated = ask("red", "How many legs does a spider have?")
     assert unrelated.headers["x-shipway-cache"] == "miss"
 
 
@@ -189,8 +194,10 @@ def test_cost_matches_the_price_table_plain_and_streamed(
     assert streamed["cost"]["total"] == pytest.approx(expected, rel=1e-6)
 
 
-def test_a_route_serves_the_cheapest_model_that_fits(costly: Server, keys: dict[str, str]) -> None:
-    client = _client(costly, keys["blue"])
+def test_a_route_serves_the_cheapest_model_that_fits(
+    costly: Server, keys: dict[str, str], clients: dict[str, openai.OpenAI]
+) -> None:
+    client = clients["blue"]
     cheap = client.chat.completions.with_raw_response.create(
         model="auto", messages=MESSAGES, max_tokens=8
     )
@@ -205,9 +212,9 @@ def test_a_route_serves_the_cheapest_model_that_fits(costly: Server, keys: dict[
 
 
 def test_a_team_budget_rejects_once_spent_and_never_overspends(
-    costly: Server, keys: dict[str, str]
+    costly: Server, keys: dict[str, str], clients: dict[str, openai.OpenAI]
 ) -> None:
-    client = _client(costly, keys["capped"])
+    client = clients["capped"]
     statuses = []
     for _ in range(6):
         try:
@@ -231,9 +238,9 @@ def test_a_team_budget_rejects_once_spent_and_never_overspends(
 
 
 def test_a_fallback_budget_sends_the_call_to_the_cheaper_model(
-    costly: Server, keys: dict[str, str]
+    costly: Server, keys: dict[str, str], clients: dict[str, openai.OpenAI]
 ) -> None:
-    answer = _client(costly, keys["blue"]).chat.completions.with_raw_response.create(
+    answer = clients["blue"].chat.completions.with_raw_response.create(
         model="pricey",
         messages=MESSAGES,
         max_tokens=8,
@@ -244,17 +251,15 @@ def test_a_fallback_budget_sends_the_call_to_the_cheaper_model(
 
 
 def test_prompt_size_caps_per_model_and_key_are_a_400_naming_the_param(
-    costly: Server, keys: dict[str, str]
+    costly: Server, keys: dict[str, str], clients: dict[str, openai.OpenAI]
 ) -> None:
     long = [{"role": "user", "content": "word " * 400}]
     with pytest.raises(openai.BadRequestError) as model_cap:
-        _client(costly, keys["red"]).chat.completions.create(
-            model=CHAT, messages=long, max_tokens=4
-        )
+        clients["red"].chat.completions.create(model=CHAT, messages=long, max_tokens=4)
     assert model_cap.value.code == "prompt_too_long"
     assert model_cap.value.param == "messages"
     with pytest.raises(openai.BadRequestError) as key_cap:
-        _client(costly, keys["capped-prompt"]).chat.completions.create(
+        clients["capped-prompt"].chat.completions.create(
             model="pricey", messages=[{"role": "user", "content": "a" * 100}], max_tokens=4
         )
     assert key_cap.value.code == "prompt_too_long"
