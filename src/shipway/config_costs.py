@@ -44,6 +44,13 @@ class CacheSettings(_Strict):
         "model: a sampled answer is then served again); `off`.",
     )
     ttl_s: float = Field(3600.0, gt=0, description="An entry is served for this many seconds.")
+    stale_s: float = Field(
+        3600.0,
+        ge=0,
+        description="An entry is kept this long after its TTL, and served (marked "
+        "`x-shipway-degraded: true`, `x-shipway-cache: stale`) only when the model and every "
+        "fallback failed; 0: never.",
+    )
     max_entries: int = Field(
         10_000, ge=1, description="Entries kept per model; the least recently used go first."
     )
@@ -78,6 +85,7 @@ class CacheOverrides(_Strict):
 
     exact: ExactCacheMode | None = Field(None, description="See `cache.exact`.")
     ttl_s: float | None = Field(None, gt=0, description="See `cache.ttl_s`.")
+    stale_s: float | None = Field(None, ge=0, description="See `cache.stale_s`.")
     max_entries: int | None = Field(None, ge=1, description="See `cache.max_entries`.")
     semantic: bool | None = Field(None, description="See `cache.semantic`.")
     semantic_threshold: float | None = Field(

@@ -291,6 +291,57 @@ def test_a_model_that_cannot_load_is_unavailable_and_its_fallback_serves(
         server.stop()
 
 
+def test_when_every_model_fails_a_stale_cached_answer_is_served_marked(upstream: Server) -> None:
+    """An answer cached while the upstream was up is served past its TTL once the upstream
+    fails (and before the degraded reply), marked degraded and stale; a fresh question gets
+    the degraded reply."""
+    proxy = chaos_proxy(upstream.base)
+    server = shipway_server(
+        {
+            "embedded_models": False,
+            "cache": {"ttl_s": 1, "stale_s": 600},
+            "models": {
+                "cached": {
+                    "backend": "openai",
+                    "base_url": proxy.base + "/v1",
+                    "upstream_model": "echo",
+                    "degraded_reply": "Busy.",
+                    "resilience": {
+                        "retries": {"max_retries": 0},
+                        "breaker": {"enabled": False},
+                        "health_check": {"enabled": False},
+                    },
+                },
+            },
+        }
+    )
+    try:
+        ask = {"model": "cached", "temperature": 0, **PLAIN}
+        url = server.base + "/v1/chat/completions"
+        fresh = httpx.post(url, json=ask, timeout=30)
+        assert fresh.status_code == 200 and fresh.headers["x-shipway-cache"] == "miss"
+        _set_faults(proxy, error_rate=1.0)
+        time.sleep(1.2)  # past the entry's TTL
+        stale = httpx.post(url, json=ask, timeout=30)
+        assert stale.status_code == 200
+        assert stale.headers["x-shipway-cache"] == "stale"
+        assert stale.headers["x-shipway-degraded"] == "true"
+        assert stale.json()["choices"] == fresh.json()["choices"]
+        streamed = httpx.post(url, json={**ask, "stream": True}, timeout=30)
+        assert streamed.headers["x-shipway-cache"] == "stale"
+        assert fresh.json()["choices"][0]["message"]["content"] in "".join(
+            json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            for line in streamed.text.splitlines()
+            if line.startswith("data: {") and '"choices":[{' in line.replace(" ", "")
+        )
+        other = httpx.post(url, json={**ask, "max_tokens": 5}, timeout=30)
+        assert other.headers["x-shipway-degraded"] == "true"
+        assert other.json()["choices"][0]["message"]["content"] == "Busy."
+    finally:
+        server.stop()
+        proxy.stop()
+
+
 def test_when_every_option_fails_the_degraded_reply_or_a_503(upstream: Server) -> None:
     dead = "http://127.0.0.1:9/v1"  # nothing listens on the discard port
     server = shipway_server(

@@ -139,6 +139,19 @@ async def test_an_entry_lives_for_its_ttl() -> None:
     assert await cache.get(key()) is None
 
 
+async def test_past_its_ttl_an_entry_is_only_served_stale_until_stale_s_ends() -> None:
+    clock = Clock()
+    cache = make(clock, ttl_s=60, stale_s=30)
+    key = key_of(cache)
+    await cache.put(key(), answer(), 0.25)
+    clock.now += 60
+    assert await cache.get(key()) is None  # past its TTL: a miss
+    stale = await cache.get_stale(key())
+    assert stale is not None and stale.kind == "stale" and stale.cost == 0.25
+    clock.now += 30
+    assert await cache.get_stale(key()) is None  # kept no longer
+
+
 async def test_past_max_entries_the_least_recently_used_goes() -> None:
     cache = make(max_entries=2)
     key = key_of(cache)

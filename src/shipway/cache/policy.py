@@ -17,6 +17,7 @@ __all__ = ["CachePolicy", "resolve_policy"]
 class CachePolicy:
     exact: ExactCacheMode
     ttl_s: float
+    stale_s: float
     max_entries: int
     max_entry_bytes: int
     semantic: bool
@@ -31,6 +32,7 @@ def resolve_policy(base: CacheSettings, overrides: CacheOverrides | None) -> Cac
     return CachePolicy(
         exact=merged["exact"],
         ttl_s=merged["ttl_s"],
+        stale_s=merged["stale_s"],
         max_entries=merged["max_entries"],
         max_entry_bytes=merged["max_entry_bytes"],
         semantic=merged["semantic"],

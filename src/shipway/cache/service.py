@@ -15,6 +15,7 @@ so a lost Redis costs the requests of that second one failed call each, not a ti
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ _STORE_PAUSE_S = 1.0
 class CacheHit:
     completion: dict[str, Any]
     cost: float  # what the original call cost: the money this hit saves
-    kind: Literal["exact", "semantic"]
+    kind: Literal["exact", "semantic", "stale"]
     similarity: float | None  # cosine of a semantic hit
 
 
@@ -71,6 +72,7 @@ class ResponseCache:
         self._answers: AnswerStore = shared if shared is not None else MemoryAnswers(clock)
         self._semantic = SemanticIndex(shared, clock)
         self._embed = embed
+        self._clock = clock
         self._store_paused_until = 0.0
         self._logged_at: dict[str, float] = {}
         self._log = structlog.get_logger("shipway.cache")
@@ -102,7 +104,9 @@ class ResponseCache:
     async def get(self, key: CacheKey) -> CacheHit | None:
         ok, payload = await self._attempt("store", lambda: self._answers.get(key.model, key.exact))
         if payload is not None:
-            return _decode(payload, "exact", None)
+            hit = _decode(payload, "exact", None, self._clock())
+            if hit is not None:
+                return hit
         if not ok or key.text is None or self._embed is None:
             return None
         vector, _ = await asyncio.gather(
@@ -120,21 +124,31 @@ class ResponseCache:
             if ok:
                 self._semantic.forget(key.model, digest)
             return None
-        return _decode(payload, "semantic", similarity)
+        return _decode(payload, "semantic", similarity, self._clock())
+
+    async def get_stale(self, key: CacheKey) -> CacheHit | None:
+        """The exact entry even past its TTL (within ``stale_s``): when nothing can answer."""
+        _, payload = await self._attempt("store", lambda: self._answers.get(key.model, key.exact))
+        return None if payload is None else _decode(payload, "stale", None, None)
 
     async def put(self, key: CacheKey, completion: dict[str, Any], cost: float) -> None:
+        policy = key.policy
+        fresh_until = self._clock() + policy.ttl_s
         try:
-            payload = orjson.dumps({"completion": completion, "cost": cost})
+            payload = orjson.dumps(
+                {"completion": completion, "cost": cost, "fresh_until": fresh_until}
+            )
         except orjson.JSONEncodeError as exc:
             self._warn("encode", exc)
             return
-        policy = key.policy
         if len(payload) > policy.max_entry_bytes:
             return
+        # Kept `stale_s` past its TTL: served only when every model failed (``get_stale``).
+        keep_s = policy.ttl_s + policy.stale_s
         ok, _ = await self._attempt(
             "store",
             lambda: self._answers.put(
-                key.model, key.exact, payload, ttl_s=policy.ttl_s, max_entries=policy.max_entries
+                key.model, key.exact, payload, ttl_s=keep_s, max_entries=policy.max_entries
             ),
         )
         if not ok or key.text is None or self._embed is None:
@@ -180,10 +194,16 @@ class ResponseCache:
 
 
 def _decode(
-    payload: bytes, kind: Literal["exact", "semantic"], similarity: float | None
+    payload: bytes,
+    kind: Literal["exact", "semantic", "stale"],
+    similarity: float | None,
+    now: float | None,
 ) -> CacheHit | None:
+    """The entry as a hit; None when it is past its TTL (``now`` None: stale is fine)."""
     try:
         entry = orjson.loads(payload)
+        if now is not None and now >= float(entry.get("fresh_until", math.inf)):
+            return None
         return CacheHit(entry["completion"], float(entry["cost"]), kind, similarity)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None  # not written by this code (another version, or not an entry at all)

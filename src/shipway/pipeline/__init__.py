@@ -47,6 +47,7 @@ from shipway.pipeline.attempts import Attempts, Degraded, OpenStream, Switch
 from shipway.pipeline.chunks import carries_output
 from shipway.pipeline.cost_stages import NO_BUDGET, Budget, CostStages
 from shipway.resilience.policies import Resilience
+from shipway.resilience.retry import fallback_reason
 from shipway.security.guard_stage import ChatGuarding, ChatStreamRestorer, Guards
 from shipway.security.input_limits import (
     capped_max_tokens,
@@ -381,8 +382,14 @@ class Pipeline:
                             )
                             if attrs is not None:
                                 _genai_result(attrs, result)
-                except Degraded as degraded:
-                    return self._degraded(call, degraded)
+                except Exception as failure:
+                    # Every option failed: a stale cached answer, then the degraded reply.
+                    stale = await self._stale(call, key, keyed_model, failure)
+                    if stale is not None:
+                        return stale
+                    if isinstance(failure, Degraded):
+                        return self._degraded(call, failure)
+                    raise
                 answered = True
                 self._usage(call, result)
                 result = guarding.restore_result(result)
@@ -453,6 +460,19 @@ class Pipeline:
         if self.costs.is_route(call.model):
             return self.costs.choose_route(call, request, "chat")  # type: ignore[no-any-return]
         return request
+
+    async def _stale(
+        self, call: Call, key: Any, model: str, failure: Exception
+    ) -> dict[str, Any] | None:
+        """The request's answer from the cache past its TTL, when ``failure`` means no model
+        could answer (not the client's own error, nor its deadline)."""
+        if key is None:
+            return None
+        if not isinstance(failure, Degraded):
+            reason = fallback_reason(failure)
+            if reason is None or reason == "context_length":
+                return None
+        return await self.costs.cache_stale(call, key, model)
 
     def _degraded(self, call: Call, degraded: Degraded) -> dict[str, Any]:
         """Every option failed: the model's degraded reply, marked as such."""
@@ -563,8 +583,13 @@ class Pipeline:
                                 else (lambda backend: dispatch(backend, guarding)),
                                 None if dispatch is not None else self._switch(call, request, held),
                             )
-                    except Degraded as failed:
-                        degraded = self._degraded(call, failed)
+                    except Exception as failure:
+                        # Every option failed: a stale cached answer, then the degraded reply.
+                        degraded = await self._stale(call, key, keyed_model, failure)
+                        if degraded is None and isinstance(failure, Degraded):
+                            degraded = self._degraded(call, failure)
+                        if degraded is None:
+                            raise
             except BaseException:
                 await admission.settle(0)
                 await held.budget.settle(0)

@@ -180,6 +180,22 @@ class CostStages:
             self._metrics.cache_saved.labels(call.model).inc(hit.cost)
         return hit.completion  # decoded afresh from the stored bytes: the route may stamp it
 
+    async def cache_stale(self, call: Call, key: CacheKey, model: str) -> dict[str, Any] | None:
+        """When every model failed: the request's cached answer past its TTL, if kept."""
+        if self._cache is None:
+            return None
+        hit = await self._cache.get_stale(key)
+        if hit is None:
+            return None
+        call.model = model  # the asked model's answer, not the last fallback's
+        call.cache, call.saved = "stale", hit.cost
+        call.response_headers["x-shipway-cache"] = "stale"
+        call.response_headers["x-shipway-served-by"] = model
+        call.response_headers["x-shipway-degraded"] = "true"
+        call.log_fields["degraded"] = True
+        self._metrics.cache_requests.labels(model, "stale").inc()
+        return hit.completion
+
     async def cache_store(self, call: Call, key: CacheKey, completion: dict[str, Any]) -> None:
         assert self._cache is not None
         await self._cache.put(key, completion, self.price(call))
@@ -227,7 +243,7 @@ class CostStages:
     # -- account ---------------------------------------------------------------------------------
     def price(self, call: Call) -> float:
         """The call's cost at its model's price (0 for a cache hit: no tokens were made)."""
-        if call.cache == "hit":
+        if call.cache in ("hit", "stale"):
             return 0.0
         price = self._prices.get(call.model)
         if price is None or not (call.prompt_tokens or call.completion_tokens):
@@ -259,7 +275,7 @@ class CostStages:
                 completion_tokens=call.completion_tokens,
                 cost=call.cost,
                 saved=call.saved,
-                cached=call.cache == "hit",
+                cached=call.cache in ("hit", "stale"),
                 batch_id=call.batch_id,
             )
         )
