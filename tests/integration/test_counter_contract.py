@@ -267,10 +267,10 @@ async def test_redis_loads_its_scripts_again_when_redis_has_lost_them(redis_url:
 
         client.execute_command = forgetful  # type: ignore[method-assign]
         assert (await counter.hit("k", 3, 5, LONG)).remaining == 2
-        assert refused == [counter._hit_sha]
+        assert refused == [counter._hit.sha]
         # The SHA computed at start is the one Redis computes, so no call pays a reload.
-        assert await client.script_load(counter_scripts()[0]) == counter._hit_sha
-        assert await client.script_load(counter_scripts()[1]) == counter._adjust_sha
+        assert await client.script_load(counter_scripts()[0]) == counter._hit.sha
+        assert await client.script_load(counter_scripts()[1]) == counter._adjust.sha
     finally:
         await replicas.close()
 

@@ -458,7 +458,9 @@ class Pipeline:
     def _choose(self, call: Call, request: ChatRequest) -> ChatRequest:
         """A named route's model (and its generation defaults) for this request."""
         if self.costs.is_route(call.model):
-            return self.costs.choose_route(call, request, "chat")  # type: ignore[no-any-return]
+            chosen = self.costs.choose_route(call, request, "chat")
+            assert chosen is not None  # given a request, it returns one
+            return chosen
         return request
 
     async def _stale(

@@ -100,7 +100,9 @@ class CostStages:
     def is_route(self, name: str) -> bool:
         return name in self._routes
 
-    def choose_route(self, call: Call, request: ChatRequest | None, capability: str) -> Any:
+    def choose_route(
+        self, call: Call, request: ChatRequest | None, capability: str
+    ) -> ChatRequest | None:
         """A named route's choice onto the call (``model`` the served one); the request gets
         the chosen model's generation defaults, as if the client had named it."""
         assert self._router is not None

@@ -19,7 +19,6 @@ Connection failures are raised as ``StoreUnavailable`` after at most one immedia
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +26,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shipway.errors import StoreUnavailable
+from shipway.store.redis_scripts import LuaScript, redis_call
 
 __all__ = ["RedisCacheStore", "VectorRecord"]
 
@@ -44,6 +40,7 @@ return answer
 
 # A cache answers quickly or not at all: a request must not wait on a lost Redis.
 _TIMEOUT_S = 1.0
+_WHAT = "the response cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +64,7 @@ class RedisCacheStore:
         self._prefix = prefix
         self._clock = clock
         self._owns_client = owns_client
-        self._get_sha = hashlib.sha1(_GET.encode(), usedforsecurity=False).hexdigest()
+        self._get = LuaScript(_GET, _WHAT)
 
     @classmethod
     def from_url(
@@ -93,14 +90,7 @@ class RedisCacheStore:
     async def get(self, model: str, digest: str) -> bytes | None:
         keys = (self._prefix + "a:" + digest, self._prefix + "lru:" + model)
         args = (digest, self._now_us())
-        try:
-            try:
-                answer = await self._client.evalsha(self._get_sha, 2, *keys, *args)
-            except NoScriptError:
-                await self._client.script_load(_GET)
-                answer = await self._client.evalsha(self._get_sha, 2, *keys, *args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        answer = await self._get.run(self._client, 2, *keys, *args)
         return answer if isinstance(answer, bytes) else None
 
     async def put(
@@ -161,10 +151,7 @@ class RedisCacheStore:
         return int(self._clock() * 1_000_000)
 
     async def _call(self, awaitable: Any) -> Any:
-        try:
-            return await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        return await redis_call(awaitable, _WHAT)
 
 
 def _ms(seconds: float) -> int:
@@ -173,10 +160,3 @@ def _ms(seconds: float) -> int:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _unavailable(exc: Exception) -> StoreUnavailable:
-    return StoreUnavailable(
-        f"Redis is unreachable for the response cache ({exc}); check `redis_url` and that "
-        "Redis is running"
-    )

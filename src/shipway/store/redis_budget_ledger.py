@@ -14,21 +14,15 @@ The scripts run by ``EVALSHA``; a Redis that lost its script cache is sent them 
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shipway.errors import StoreUnavailable
 from shipway.store.budget_ledger import BudgetLedger, LedgerKey, ReserveItem, ReserveResult
+from shipway.store.redis_scripts import LuaScript, redis_call
 
 __all__ = ["RedisBudgetLedger"]
 
-_T = TypeVar("_T")
 
 # KEYS counters; ARGV amount, limit (-1: none), expires_at for each key in turn
 # → allowed (1/0), then fits (1/0) and total for each key in turn
@@ -81,8 +75,8 @@ class RedisBudgetLedger(BudgetLedger):
         self._client = client
         self._prefix = prefix
         self._owns_client = owns_client
-        self._reserve_sha = hashlib.sha1(_RESERVE.encode(), usedforsecurity=False).hexdigest()
-        self._adjust_sha = hashlib.sha1(_ADJUST.encode(), usedforsecurity=False).hexdigest()
+        self._reserve_script = LuaScript(_RESERVE, "the budgets")
+        self._adjust_script = LuaScript(_ADJUST, "the budgets")
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "shipway:budget:") -> RedisBudgetLedger:
@@ -99,7 +93,7 @@ class RedisBudgetLedger(BudgetLedger):
         return f"{self._prefix}{key.budget}|{key.window}"
 
     async def start(self) -> None:
-        await self._call(self._client.ping())
+        await redis_call(self._client.ping(), "the budgets")
 
     async def close(self) -> None:
         if self._owns_client:
@@ -110,7 +104,7 @@ class RedisBudgetLedger(BudgetLedger):
         args: list[int] = []
         for key, amount, limit in items:
             args += (amount, -1 if limit is None else limit, key.expires_at)
-        reply = await self._eval(self._reserve_sha, _RESERVE, keys, args)
+        reply = await self._reserve_script.run(self._client, len(keys), *keys, *args)
         return ReserveResult(
             reply[0] == 1,
             tuple(int(total) for total in reply[2::2]),
@@ -122,39 +116,17 @@ class RedisBudgetLedger(BudgetLedger):
         args: list[int] = []
         for key, delta in items:
             args += (delta, key.expires_at)
-        reply = await self._eval(self._adjust_sha, _ADJUST, keys, args)
+        reply = await self._adjust_script.run(self._client, len(keys), *keys, *args)
         return [int(total) for total in reply]
 
     async def _read(self, keys: Sequence[LedgerKey]) -> list[int]:
-        values = await self._call(self._client.mget([self.redis_key(key) for key in keys]))
+        keys_ = [self.redis_key(key) for key in keys]
+        values = await redis_call(self._client.mget(keys_), "the budgets")
         return [0 if value is None else int(value) for value in values]
 
     async def _seed(self, key: LedgerKey, amount: int) -> bool:
-        done = await self._call(
-            self._client.set(self.redis_key(key), amount, nx=True, exat=key.expires_at)
+        done = await redis_call(
+            self._client.set(self.redis_key(key), amount, nx=True, exat=key.expires_at),
+            "the budgets",
         )
         return bool(done)
-
-    async def _eval(self, sha: str, script: str, keys: list[str], args: list[int]) -> Any:
-        """``EVALSHA``, loading the script first if this Redis does not hold it."""
-        client = self._client
-        try:
-            try:
-                return await client.evalsha(sha, len(keys), *keys, *args)
-            except NoScriptError:
-                await client.script_load(script)
-                return await client.evalsha(sha, len(keys), *keys, *args)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise _unavailable(exc) from exc
-
-    async def _call(self, awaitable: Awaitable[_T]) -> _T:
-        try:
-            return await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise _unavailable(exc) from exc
-
-
-def _unavailable(exc: Exception) -> StoreUnavailable:
-    return StoreUnavailable(
-        f"Redis is unreachable ({exc}); check `redis_url` and that Redis is running"
-    )
